@@ -1,0 +1,79 @@
+"""The Triton path: plan -> norm launch -> scale launch on one device, with no host sync.
+
+Functions take a ``DeviceWork`` from the dispatcher and that device's (validated) gradients.
+Truly strided gradients (rare: a slice with gaps assigned as .grad) go through contiguous copies
+that are written back after the rewrite; that costs extra copies and a plan per call.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._layout import is_flat_span
+from ._plan import build_plan
+from .kernels.launch_settings import NORM_P2, settings_for
+from .kernels.norm_kernel import launch_norm_partials
+from .kernels.scale_kernel import launch_clamp, launch_scale
+
+
+def _plan_for(work, grads: list):
+    """(plan, [(strided view, contiguous copy), ...]) for this device's grads."""
+    if not work.strided:
+        return work.plan, []
+    dense, pairs = [], []
+    for g in grads:
+        if g.is_contiguous() or is_flat_span(g):
+            dense.append(g)
+        else:
+            copy = g.contiguous()
+            dense.append(copy)
+            pairs.append((g, copy))
+    return build_plan(dense, work.device, settings_for(work.device)), pairs
+
+
+def _write_back(pairs) -> None:
+    for view, copy in pairs:
+        view.copy_(copy)
+
+
+def _on(max_norm, device):
+    # a threshold tensor elsewhere (e.g. on the CPU) is copied once; it is never read on the host
+    if isinstance(max_norm, torch.Tensor) and max_norm.device != device:
+        return max_norm.to(device)
+    return max_norm
+
+
+def clip(work, grads: list, max_norm, p: float, kind: int, norm_dtype: torch.dtype) -> torch.Tensor:
+    """The two launches: norm partials, then reduce + clip. Returns the 0-d norm."""
+    plan, pairs = _plan_for(work, grads)
+    launch_norm_partials(plan.table, plan.n_chunks, plan.partials, p, kind, plan.acc_fp64, plan.settings)
+    norm = torch.empty((), dtype=norm_dtype, device=plan.device)
+    launch_scale(plan.table, plan.n_chunks, plan.partials, norm, _on(max_norm, plan.device), p, kind,
+                 norm_dtype == torch.float64, finish_norm=True, apply=True, grid=plan.grid, settings=plan.settings)
+    _write_back(pairs)
+    return norm
+
+
+def total_norm(work, grads: list, p: float, kind: int, norm_dtype: torch.dtype) -> torch.Tensor:
+    """The two launches without scaling (the second runs one program). Returns the 0-d norm."""
+    plan, _ = _plan_for(work, grads)
+    launch_norm_partials(plan.table, plan.n_chunks, plan.partials, p, kind, plan.acc_fp64, plan.settings)
+    norm = torch.empty((), dtype=norm_dtype, device=plan.device)
+    launch_scale(plan.table, plan.n_chunks, plan.partials, norm, 0.0, p, kind, norm_dtype == torch.float64,
+                 finish_norm=True, apply=False, grid=1, settings=plan.settings)
+    return norm
+
+
+def clip_with_norm(work, grads: list, max_norm, norm: torch.Tensor) -> None:
+    """One launch: grads *= min(max_norm / (norm + 1e-6), 1), skipped when that is >= 1."""
+    plan, pairs = _plan_for(work, grads)
+    norm = norm.to(plan.device)
+    launch_scale(plan.table, plan.n_chunks, plan.partials, norm, _on(max_norm, plan.device), 2.0, NORM_P2,
+                 norm.dtype == torch.float64, finish_norm=False, apply=True, grid=plan.grid, settings=plan.settings)
+    _write_back(pairs)
+
+
+def clamp(work, grads: list, clip_value: float) -> None:
+    """One launch: clamp every gradient to [-clip_value, clip_value] in place."""
+    plan, pairs = _plan_for(work, grads)
+    launch_clamp(plan.table, plan.n_chunks, clip_value, plan.grid, plan.settings)
+    _write_back(pairs)

@@ -1,0 +1,120 @@
+"""Per-chunk building blocks shared by the kernels (``@triton.jit`` device functions only).
+
+Every kernel walks a *chunk table* built by ``fastclip.plan``: row 0 holds each chunk's start
+address (int64 bytes, so tensors past 2**31 elements are fine), row 1 packs
+``n_elements | dtype_code << 32 | full << 36``.  ``full`` marks a chunk of exactly ``CHUNK``
+elements whose address is 16-byte aligned: it is walked with unmasked, alignment-hinted loads that
+compile to 128-bit ``ld.global.v4``.  Every other chunk (tails, misaligned views, tiny tensors)
+takes the masked path.
+"""
+import triton
+import triton.language as tl
+
+from .launch_settings import NORM_GENERAL, NORM_INF, NORM_P1, NORM_P2
+
+# Norm kinds as constexpr globals, usable inside @triton.jit functions.
+P2 = tl.constexpr(NORM_P2)
+P1 = tl.constexpr(NORM_P1)
+PINF = tl.constexpr(NORM_INF)
+PGENERAL = tl.constexpr(NORM_GENERAL)
+
+
+@triton.jit
+def unpack_chunk(table_ptr, n_chunks, chunk):
+    """Address, element count, dtype code and full flag of one chunk."""
+    addr = tl.load(table_ptr + chunk)
+    meta = tl.load(table_ptr + n_chunks + chunk)
+    n = (meta & 0xFFFFFFFF).to(tl.int32)
+    code = ((meta >> 32) & 15).to(tl.int32)
+    full = ((meta >> 36) & 1) != 0
+    return addr, n, code, full
+
+
+@triton.jit
+def nan_max(a, b):
+    """max(a, b) that keeps NaN (hardware max.f32 drops it; torch's inf-norm keeps it)."""
+    return tl.where(a != a, a, tl.where(b != b, b, tl.maximum(a, b)))
+
+
+@triton.jit
+def nan_max_reduce(x):
+    """max over a block that returns NaN if any lane is NaN."""
+    n_nan = tl.sum((x != x).to(tl.int32), axis=0)
+    return tl.where(n_nan > 0, float("nan"), tl.max(x, axis=0))
+
+
+@triton.jit
+def _accumulate(acc, x, p, KIND: tl.constexpr):
+    # acc holds sum |x|^p lane by lane (max |x| for the inf norm)
+    if KIND == P2:
+        acc += x * x
+    elif KIND == P1:
+        acc += tl.abs(x)
+    elif KIND == PINF:
+        acc = nan_max(acc, tl.abs(x))
+    else:
+        ax = tl.abs(x)
+        # |x|^p = 2^(p log2|x|); 0 -> 0 explicitly (log2 0 = -inf), NaN stays NaN
+        acc += tl.where(ax == 0, 0.0, tl.exp2(p * tl.log2(ax)))
+    return acc
+
+
+@triton.jit
+def chunk_power_sum(ptr, n, full, p, KIND: tl.constexpr, ACC: tl.constexpr,
+                    CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Sum of |x|^p (max |x| for KIND == PINF) over one chunk, accumulated in ``ACC``.
+
+    Reads n * elsize bytes, writes nothing.
+    """
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], ACC)
+    if full:
+        # 16-byte aligned base + whole blocks: lets the compiler emit 128-bit loads
+        for start in tl.range(0, CHUNK, BLOCK):
+            block_ptr = tl.multiple_of(ptr + start, 16)
+            x = tl.load(block_ptr + offs)
+            acc = _accumulate(acc, x.to(ACC), p, KIND)
+    else:
+        for start in tl.range(0, n, BLOCK):
+            mask = start + offs < n
+            x = tl.load(ptr + start + offs, mask=mask, other=0.0)
+            acc = _accumulate(acc, x.to(ACC), p, KIND)
+    if KIND == PINF:
+        return nan_max_reduce(acc)
+    return tl.sum(acc, axis=0)
+
+
+# Rewrite operations of chunk_rewrite.
+SCALE = tl.constexpr(0)
+CLAMP = tl.constexpr(1)
+
+
+@triton.jit
+def _transform(x, a, b, OP: tl.constexpr):
+    xc = x.to(a.dtype)
+    if OP == SCALE:
+        y = xc * a
+    else:
+        # comparisons with NaN are false: NaN stays NaN, as torch.clamp
+        y = tl.where(xc > b, b, tl.where(xc < a, a, xc))
+    return y.to(x.dtype)
+
+
+@triton.jit
+def chunk_rewrite(ptr, n, full, a, b, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """In place over one chunk: x <- x * a (OP == SCALE) or x <- clamp(x, a, b) (OP == CLAMP).
+
+    Computed in a's dtype (fp32, or fp64 for fp64 grads), stored in x's dtype.
+    Reads and writes n * elsize bytes each.
+    """
+    offs = tl.arange(0, BLOCK)
+    if full:
+        for start in tl.range(0, CHUNK, BLOCK):
+            block_ptr = tl.multiple_of(ptr + start, 16)
+            x = tl.load(block_ptr + offs)
+            tl.store(block_ptr + offs, _transform(x, a, b, OP))
+    else:
+        for start in tl.range(0, n, BLOCK):
+            mask = start + offs < n
+            x = tl.load(ptr + start + offs, mask=mask)
+            tl.store(ptr + start + offs, _transform(x, a, b, OP), mask=mask)

@@ -1,0 +1,61 @@
+"""Launch 1 of 2: per-program partial sums of |g|^p over every chunk of every gradient.
+
+.. math::
+    \\text{partial}_k = \\sum_{c \\equiv k \\ (\\mathrm{mod}\\ G)} \\sum_{i \\in c} |g_i|^p
+    \\qquad (\\max |g_i| \\text{ for } p = \\infty)
+
+A persistent grid of G programs takes chunks c = k, k + G, k + 2G, ... of the chunk table, so any
+number of tensors of any mix of dtypes is one launch.  Bytes moved: reads N (the gradient bytes)
+plus 16 per chunk of table; writes 8 * G (one float64 partial per program).  No atomics: the
+partials are combined in a fixed order by the scale kernel, so results are bitwise reproducible.
+
+Accumulation: lanes in fp32 (fp64 when the plan holds fp64 grads), each chunk's lane sum folded
+into a float64 program total, which keeps the relative error near 1e-7 even for 1e9 elements.
+"""
+import triton
+import triton.language as tl
+
+from .chunk_ops import PINF, chunk_power_sum, nan_max, unpack_chunk
+
+
+@triton.jit
+def _norm_partials_kernel(
+    table_ptr,  # int64 [2, n_chunks]: chunk address row, packed (n | code << 32 | full << 36) row
+    n_chunks,  # number of chunks in the table
+    n_programs,  # grid size (passed in: tl.num_programs is not a scalar in the interpreter)
+    partials_ptr,  # float64 [grid]: one partial per program (written, never accumulated into)
+    p,  # the norm order, used only when KIND == PGENERAL
+    KIND: tl.constexpr,  # P2, P1, PINF or PGENERAL (chunk_ops)
+    ACC_FP64: tl.constexpr,  # accumulate lanes in fp64 (the plan holds fp64 grads)
+    CHUNK: tl.constexpr,  # elements per full chunk
+    BLOCK: tl.constexpr,  # elements per loop iteration
+):
+    pid = tl.program_id(0)
+    ACC: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
+    total = tl.zeros([], tl.float64)
+    for chunk in tl.range(pid, n_chunks, n_programs):
+        addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
+        # runtime dtype branch: one launch serves fp32, fp16, bf16 and fp64 tensors together
+        if code == 0:
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float32)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+        elif code == 1:
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float16)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+        elif code == 2:
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.bfloat16)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+        else:
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float64)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+        if KIND == PINF:
+            total = nan_max(total, part.to(tl.float64))
+        else:
+            total += part.to(tl.float64)
+    tl.store(partials_ptr + pid, total)
+
+
+def launch_norm_partials(table, n_chunks, partials, p, kind, acc_fp64, settings):
+    """Launch the norm kernel over ``table`` with one program per entry of ``partials``."""
+    grid = (partials.numel(),)
+    _norm_partials_kernel[grid](
+        table, n_chunks, grid[0], partials, float(p),
+        KIND=kind, ACC_FP64=acc_fp64, CHUNK=settings.chunk, BLOCK=settings.block,
+        num_warps=settings.num_warps,
+    )

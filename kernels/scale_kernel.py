@@ -1,0 +1,132 @@
+"""Launch 2 of 2: reduce the partials to the norm, derive the clip coefficient, rescale in place.
+
+.. math::
+    \\|g\\|_p = \\Big(\\sum_k \\text{partial}_k\\Big)^{1/p}, \\qquad
+    \\text{coef} = \\min\\Big(\\frac{\\text{max\\_norm}}{\\|g\\|_p + 10^{-6}},\\ 1\\Big), \\qquad
+    g \\leftarrow \\text{coef} \\cdot g \\ \\text{ if coef} < 1 \\text{ or } \\|g\\|_p \\text{ is NaN}
+
+Every program reduces all G partials itself, in the same fixed order (a few hundred float64
+values, served from L2), so no third launch or grid-wide barrier is needed.  Program 0 stores the
+norm.  When coef >= 1 every program returns without touching gradient memory: multiplying by 1.0
+is an identity, so skipping it is bitwise what torch produces.  When NaN or inf makes the norm
+non-finite, the coefficient is NaN or 0 and gradients are scaled by it, as torch does.
+
+Bytes moved: reads 8 * G per program; when clipping also reads and writes N (the gradient bytes).
+
+The coefficient follows torch's arithmetic: the norm is rounded to the returned dtype (fp32, or
+fp64 for fp64 grads) and ``max_norm / (norm + 1e-6)`` is an IEEE-rounded division in that dtype.
+Grads of 16- and 32-bit types are multiplied in fp32 (torch's opmath), fp64 grads in fp64.
+
+The same kernel, with constexpr switches, also finishes a norm without scaling
+(``total_norm``), scales by a given norm (``clip_with_norm_``), and clamps (``clip_value_``).
+"""
+import triton
+import triton.language as tl
+
+from .chunk_ops import CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, nan_max_reduce, unpack_chunk
+
+
+@triton.jit
+def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    # this program's share of the chunks, same assignment as the norm launch
+    pid = tl.program_id(0)
+    for chunk in tl.range(pid, n_chunks, n_programs):
+        addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
+        if code == 0:
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float32)), n, full, a32, b32, OP, CHUNK, BLOCK)
+        elif code == 1:
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float16)), n, full, a32, b32, OP, CHUNK, BLOCK)
+        elif code == 2:
+            chunk_rewrite(addr.to(tl.pointer_type(tl.bfloat16)), n, full, a32, b32, OP, CHUNK, BLOCK)
+        else:
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float64)), n, full, a64, b64, OP, CHUNK, BLOCK)
+
+
+@triton.jit
+def _scale_kernel(
+    table_ptr,  # int64 [2, n_chunks]: the same chunk table as the norm launch
+    n_chunks,  # number of chunks in the table
+    n_programs,  # grid size (passed in: tl.num_programs is not a scalar in the interpreter)
+    partials_ptr,  # float64 [n_partials]: the norm launch's per-program partials
+    n_partials,  # number of partials (the norm launch's grid size)
+    norm_ptr,  # 0-d norm: written by program 0 if FINISH_NORM, else read
+    max_norm_ptr,  # 0-d threshold on the device, read if MAX_NORM_FROM_PTR
+    max_norm,  # the threshold as a scalar, used if not MAX_NORM_FROM_PTR
+    inv_p,  # 1 / p, used only when KIND is general
+    KIND: tl.constexpr,  # P2, P1, PINF or PGENERAL (chunk_ops)
+    NORM_FP64: tl.constexpr,  # the norm (and coefficient) is float64, else float32
+    FINISH_NORM: tl.constexpr,  # reduce the partials into the norm (else read norm_ptr)
+    APPLY: tl.constexpr,  # rescale the gradients when coef < 1
+    MAX_NORM_FROM_PTR: tl.constexpr,  # threshold read from device memory (never syncs)
+    P_BLOCK: tl.constexpr,  # power of 2 >= n_partials
+    CHUNK: tl.constexpr,  # elements per full chunk
+    BLOCK: tl.constexpr,  # elements per loop iteration
+):
+    NORM_DTYPE: tl.constexpr = tl.float64 if NORM_FP64 else tl.float32
+    if FINISH_NORM:
+        offs = tl.arange(0, P_BLOCK)
+        parts = tl.load(partials_ptr + offs, mask=offs < n_partials, other=0.0)
+        if KIND == PINF:
+            total = nan_max_reduce(parts)
+        else:
+            total = tl.sum(parts, axis=0)
+        if KIND == P2:
+            norm64 = tl.sqrt(total)
+        elif KIND == P1 or KIND == PINF:
+            norm64 = total
+        else:
+            # total^(1/p) in fp32: log2/exp2 have no fp64 hardware path; ~1e-7 relative error
+            norm64 = tl.exp2(tl.log2(total.to(tl.float32)) * inv_p).to(tl.float64)
+        norm = norm64.to(NORM_DTYPE)
+        if tl.program_id(0) == 0:
+            tl.store(norm_ptr, norm)
+    else:
+        norm = tl.load(norm_ptr).to(NORM_DTYPE)
+    if APPLY:
+        if MAX_NORM_FROM_PTR:
+            threshold = tl.load(max_norm_ptr).to(NORM_DTYPE)
+        else:
+            threshold = tl.cast(max_norm, NORM_DTYPE)
+        coef = tl.div_rn(threshold, norm + 1e-6)
+        # coef != coef: a NaN norm scales by NaN, as torch.clamp(nan, max=1) does
+        if (coef < 1.0) | (coef != coef):
+            _rewrite_all(table_ptr, n_chunks, n_programs, coef.to(tl.float32), coef.to(tl.float64),
+                         coef.to(tl.float32), coef.to(tl.float64), SCALE, CHUNK, BLOCK)
+
+
+@triton.jit
+def _clamp_kernel(
+    table_ptr,  # int64 [2, n_chunks]: chunk table
+    n_chunks,  # number of chunks in the table
+    n_programs,  # grid size
+    clip_value,  # clamp to [-clip_value, clip_value]
+    CHUNK: tl.constexpr,  # elements per full chunk
+    BLOCK: tl.constexpr,  # elements per loop iteration
+):
+    """g <- clamp(g, -c, c) in place; reads and writes N bytes each."""
+    hi32 = tl.cast(clip_value, tl.float32)
+    hi64 = tl.cast(clip_value, tl.float64)
+    _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK)
+
+
+def launch_scale(table, n_chunks, partials, norm, max_norm, p, kind, norm_fp64, *,
+                 finish_norm, apply, grid, settings):
+    """Launch the scale kernel; ``max_norm`` is a float or a 0-d tensor on the grads' device."""
+    from_ptr = not isinstance(max_norm, (int, float))
+    _scale_kernel[(grid,)](
+        table, n_chunks, grid, partials, partials.numel(), norm,
+        max_norm if from_ptr else norm,  # any valid pointer when unused
+        0.0 if from_ptr else float(max_norm),
+        1.0 / p if p not in (0.0, float("inf")) else 1.0,
+        KIND=kind, NORM_FP64=norm_fp64, FINISH_NORM=finish_norm, APPLY=apply,
+        MAX_NORM_FROM_PTR=from_ptr, P_BLOCK=triton.next_power_of_2(max(partials.numel(), 1)),
+        CHUNK=settings.chunk, BLOCK=settings.block, num_warps=settings.num_warps,
+    )
+
+
+def launch_clamp(table, n_chunks, clip_value, grid, settings):
+    """Launch the clamp kernel over ``table``."""
+    _clamp_kernel[(grid,)](
+        table, n_chunks, grid, float(clip_value),
+        CHUNK=settings.chunk, BLOCK=settings.block, num_warps=settings.num_warps,
+    )
