@@ -38,6 +38,9 @@ def requested_backend() -> str:
 
 
 def triton_can_run_on(device: torch.device) -> tuple[bool, str]:
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        # decided without importing triton: plain CPU training never pays for the import
+        return False, "Triton runs on CPU tensors only in its interpreter (set TRITON_INTERPRET=1 before importing triton)"
     importable, interpreted, reason = _triton_status()
     if not importable:
         return False, reason

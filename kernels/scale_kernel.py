@@ -87,7 +87,10 @@ def _scale_kernel(
             threshold = tl.load(max_norm_ptr).to(NORM_DTYPE)
         else:
             threshold = tl.cast(max_norm, NORM_DTYPE)
-        coef = tl.div_rn(threshold, norm + 1e-6)
+        if NORM_FP64:
+            coef = threshold / (norm + 1e-6)  # fp64 division is IEEE-rounded already
+        else:
+            coef = tl.div_rn(threshold, norm + 1e-6)  # fp32 `/` would be the approximate div.full
         # coef != coef: a NaN norm scales by NaN, as torch.clamp(nan, max=1) does
         if (coef < 1.0) | (coef != coef):
             _rewrite_all(table_ptr, n_chunks, n_programs, coef.to(tl.float32), coef.to(tl.float64),
