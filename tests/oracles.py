@@ -1,0 +1,45 @@
+"""Oracles and data factories for the tests: float64 references and torch on cloned grads."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def ref_norm(tensors, p) -> float:
+    """The float64 p-norm of all tensors seen as one vector (the exact oracle)."""
+    p = float(p)
+    flat = torch.cat([t.detach().double().reshape(-1).cpu() for t in tensors] or [torch.zeros(0, dtype=torch.float64)])
+    if flat.numel() == 0:
+        return 0.0
+    return float(torch.linalg.vector_norm(flat, p))
+
+
+def ref_coef(max_norm: float, norm: float) -> float:
+    """torch's rule: min(max_norm / (norm + 1e-6), 1), NaN passes through."""
+    c = max_norm / (norm + 1e-6)
+    return c if math.isnan(c) else min(c, 1.0)
+
+
+def make_params(shapes, dtype=torch.float32, device="cpu", scale=1.0):
+    """Parameters with random (never all-zero) grads of the given shapes."""
+    params = []
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device))
+        p.grad = (torch.randn(shape, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+        params.append(p)
+    return params
+
+
+def clone_params(params):
+    """Independent copies (same grads) to feed torch.nn.utils as the second oracle."""
+    out = []
+    for p in params:
+        q = torch.nn.Parameter(p.detach().clone())
+        q.grad = None if p.grad is None else p.grad.clone()
+        out.append(q)
+    return out
+
+
+def grads(params):
+    return [p.grad for p in params if p.grad is not None]
