@@ -97,6 +97,11 @@ def check_foreach(foreach) -> None:
         raise TypeError(f"foreach must be None, True or False, got {foreach!r}")
 
 
+def is_dtensor(t) -> bool:
+    """True for a torch.distributed DTensor (without importing torch.distributed eagerly)."""
+    return type(t) is not torch.Tensor and type(t).__name__ == "DTensor"
+
+
 def result_dtype(grads: list) -> torch.dtype:
     """Returned norm dtype: float64 if any grad is float64, else float32 (never a half type)."""
     return torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32

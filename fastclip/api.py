@@ -55,10 +55,19 @@ def _clip_with_norm(works, grads, max_norm, norm) -> None:
             _torch_backend.scale_(gs, _torch_backend.clip_coef(max_norm, norm.to(w.device)))
 
 
-def _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach) -> torch.Tensor:
+def _sharded(grads, group) -> bool:
+    # DTensor grads (FSDP2, tensor parallel) or an explicit process group: fastclip.distributed
+    return group is not None or (bool(grads) and _inputs.is_dtensor(grads[0]))
+
+
+def _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach, group=None) -> torch.Tensor:
     p, kind = _inputs.parse_norm_type(norm_type)
     max_norm = _inputs.check_threshold(max_norm, "max_norm")
     _inputs.check_foreach(foreach)
+    if _sharded(grads, group):
+        from . import distributed
+
+        return distributed.clip_sharded_(grads, max_norm, p, error_if_nonfinite, group)
     if not grads:
         return torch.tensor(0.0)
     works = route(grads)
@@ -74,7 +83,7 @@ def _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach) -> torc
 
 
 @_no_grad
-def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None) -> torch.Tensor:
+def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None, *, group=None) -> torch.Tensor:
     r"""Clip the gradient norm of an iterable of parameters, in place (drop-in for
     :func:`torch.nn.utils.clip_grad_norm_`).
 
@@ -99,6 +108,9 @@ def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach
             This is the only mode that synchronizes with the host. Default: False
         foreach (bool, optional): accepted for compatibility with torch; fastclip always fuses.
             Default: None
+        group (ProcessGroup, optional): the gradients on each rank are shards of one model; the
+            norm is reduced over this group and every rank scales by the same coefficient.
+            DTensor gradients (FSDP2, tensor parallel) need no group. Default: None
 
     Returns:
         Tensor: the total norm of the gradients before clipping, 0-d, float32 (float64 if any
@@ -123,11 +135,11 @@ def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach
         ICML 2013 (arXiv 1211.5063).
     """
     grads = _inputs.grads_of(_inputs.as_tensor_list(parameters))
-    return _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach)
+    return _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach, group)
 
 
 @_no_grad
-def total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None) -> torch.Tensor:
+def total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *, group=None) -> torch.Tensor:
     r"""Compute the p-norm of tensors seen as one vector (drop-in for
     :func:`torch.nn.utils.get_total_norm`).
 
@@ -140,6 +152,8 @@ def total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None) -
         error_if_nonfinite (bool, optional): raise RuntimeError if the norm is NaN or inf
             (synchronizes). Default: False
         foreach (bool, optional): accepted for compatibility with torch. Default: None
+        group (ProcessGroup, optional): reduce the norm over the shards held by this group's
+            ranks (DTensors need no group). Default: None
 
     Returns:
         Tensor: 0-d norm, float32 (float64 if any tensor is float64), on the tensors' device;
@@ -154,6 +168,10 @@ def total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None) -
     tensors = _inputs.as_tensor_list(tensors, "tensors")
     p, kind = _inputs.parse_norm_type(norm_type)
     _inputs.check_foreach(foreach)
+    if _sharded(tensors, group):
+        from . import distributed
+
+        return distributed.total_norm_sharded(tensors, p, error_if_nonfinite, group)
     if not tensors:
         return torch.tensor(0.0)
     works = route(tensors)
