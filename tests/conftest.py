@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 
 import fastclip  # noqa: E402
 from fastclip._backend import triton_can_run_on  # noqa: E402
+from oracles import skip_or_fail  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -30,12 +31,6 @@ def _fresh_state():
     fastclip.clear_cache()
 
 
-def _skip_or_fail(reason: str):
-    if os.environ.get("FASTCLIP_REQUIRE_TRITON") == "1":
-        pytest.fail(f"Triton backend required (FASTCLIP_REQUIRE_TRITON=1) but unavailable: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])])
 def device(request):
     return torch.device(request.param)
@@ -47,6 +42,6 @@ def backend(request, monkeypatch, device):
     if request.param == "triton":
         ok, reason = triton_can_run_on(device)
         if not ok:
-            _skip_or_fail(reason)
+            skip_or_fail(reason)
     monkeypatch.setenv("FASTCLIP_BACKEND", request.param)
     return request.param

@@ -43,3 +43,14 @@ def clone_params(params):
 
 def grads(params):
     return [p.grad for p in params if p.grad is not None]
+
+
+def skip_or_fail(reason: str):
+    """Skip, unless FASTCLIP_REQUIRE_TRITON=1 (CI) makes a missing Triton a failure."""
+    import os
+
+    import pytest
+
+    if os.environ.get("FASTCLIP_REQUIRE_TRITON") == "1":
+        pytest.fail(f"Triton required (FASTCLIP_REQUIRE_TRITON=1) but unavailable: {reason}")
+    pytest.skip(reason)
