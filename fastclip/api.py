@@ -26,6 +26,10 @@ def _norm_dtype(works) -> torch.dtype:
     return torch.float64 if any(w.has_fp64 for w in works) else torch.float32
 
 
+def _by_dtype(work, grads) -> dict:
+    return work.by_dtype if work.by_dtype is not None else _torch_backend.group_by_dtype(grads)
+
+
 def _triton():
     from . import _triton_backend
 
@@ -39,7 +43,7 @@ def _total_norm(works, grads, p, kind, norm_dtype) -> torch.Tensor:
         if w.triton:
             norms.append(_triton().total_norm(w, gs, p, kind, norm_dtype))
         else:
-            norms.append(_torch_backend.total_norm(gs, p, kind, norm_dtype))
+            norms.append(_torch_backend.total_norm(_by_dtype(w, gs), p, kind, norm_dtype, w.device))
     if len(norms) == 1:
         return norms[0]
     first = norms[0].device  # several devices: combine as torch does, on the first one
@@ -52,7 +56,7 @@ def _clip_with_norm(works, grads, max_norm, norm) -> None:
         if w.triton:
             _triton().clip_with_norm(w, gs, max_norm, norm)
         else:
-            _torch_backend.scale_(gs, _torch_backend.clip_coef(max_norm, norm.to(w.device)))
+            _torch_backend.scale_(_by_dtype(w, gs), _torch_backend.clip_coef(max_norm, norm.to(w.device)))
 
 
 def _sharded(grads, group) -> bool:
@@ -257,5 +261,5 @@ def clip_value_(parameters, clip_value, foreach=None) -> None:
         if w.triton:
             _triton().clamp(w, gs, clip_value)
         else:
-            _torch_backend.clamp_(gs, clip_value)
+            _torch_backend.clamp_(_by_dtype(w, gs), clip_value)
     return None
