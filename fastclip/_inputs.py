@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import types
 import warnings
 
@@ -14,6 +15,7 @@ import torch
 from .kernels.launch_settings import NORM_GENERAL, NORM_INF, NORM_P1, NORM_P2, SUPPORTED_DTYPES
 
 _INF_STRINGS = ("inf", "+inf", "infinity")
+_grad_of = operator.attrgetter("grad")
 
 
 def as_tensor_list(tensors, what: str = "parameters") -> list:
@@ -33,7 +35,7 @@ def as_tensor_list(tensors, what: str = "parameters") -> list:
 def grads_of(parameters: list) -> list:
     """The ``.grad`` of each parameter, skipping None; non-tensor items raise TypeError."""
     try:
-        return [g for g in (p.grad for p in parameters) if g is not None]
+        return [g for g in map(_grad_of, parameters) if g is not None]
     except AttributeError:
         pass
     for i, p in enumerate(parameters):
