@@ -44,23 +44,29 @@ def variants():
     """(name, kernel, signature, constexprs) of every specialisation the launchers can produce."""
     s = ls.GPU_SETTINGS
     tile = {"CHUNK": s.chunk, "BLOCK": s.block}
-    norm_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64", "p": "fp32"}
-    for kind, acc64 in itertools.product(KINDS, (False, True)):
-        yield (f"norm kind={kind} acc_fp64={acc64}", norm_kernel._norm_partials_kernel, norm_sig,
-               {"KIND": kind, "ACC_FP64": acc64, **tile})
+    norm_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64", "p": "fp32",
+                "chunk_partials_ptr": "*fp64"}
+    norm_modes = [(kind, acc64, False) for kind, acc64 in itertools.product(KINDS, (False, True))]
+    norm_modes += [(kind, False, True) for kind in KINDS]  # per-tensor norms
+    for kind, acc64, per_chunk in norm_modes:
+        yield (f"norm kind={kind} acc_fp64={acc64} chunk_partials={per_chunk}", norm_kernel._norm_partials_kernel,
+               norm_sig, {"KIND": kind, "ACC_FP64": acc64, "CHUNK_PARTIALS": per_chunk, **tile})
     p_block = triton.next_power_of_2(s.max_programs)
     for fp64 in (False, True):
         nt = "*fp64" if fp64 else "*fp32"
         scale_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64",
-                     "n_partials": "i32", "norm_ptr": nt, "max_norm_ptr": nt, "max_norm": "fp32", "inv_p": "fp32"}
-        modes = [(kind, True, True, ptr) for kind in KINDS for ptr in (False, True)]  # clip_
-        modes += [(kind, True, False, False) for kind in KINDS]  # total_norm
-        modes += [(ls.NORM_P2, False, True, ptr) for ptr in (False, True)]  # clip_with_norm_
-        for kind, finish, apply, ptr in modes:
-            yield (f"scale kind={kind} fp64={fp64} finish={finish} apply={apply} max_norm_ptr={ptr}",
+                     "n_partials": "i32", "norm_ptr": nt, "max_norm_ptr": nt, "max_norm": "fp32", "inv_p": "fp32",
+                     "inv_scale_ptr": "*fp32", "found_inf_ptr": "*fp32"}
+        modes = [(kind, True, True, ptr, False) for kind in KINDS for ptr in (False, True)]  # clip_
+        modes += [(kind, True, False, False, False) for kind in KINDS]  # total_norm
+        modes += [(ls.NORM_P2, False, True, ptr, False) for ptr in (False, True)]  # clip_with_norm_
+        if not fp64:
+            modes += [(kind, True, True, ptr, True) for kind in KINDS for ptr in (False, True)]  # fused AMP
+        for kind, finish, apply, ptr, unscale in modes:
+            yield (f"scale kind={kind} fp64={fp64} finish={finish} apply={apply} max_norm_ptr={ptr} unscale={unscale}",
                    scale_kernel._scale_kernel, scale_sig,
                    {"KIND": kind, "NORM_FP64": fp64, "FINISH_NORM": finish, "APPLY": apply,
-                    "MAX_NORM_FROM_PTR": ptr, "P_BLOCK": p_block, **tile})
+                    "MAX_NORM_FROM_PTR": ptr, "UNSCALE": unscale, "P_BLOCK": p_block, **tile})
     yield ("clamp", scale_kernel._clamp_kernel,
            {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "clip_value": "fp32"}, dict(tile))
 

@@ -26,6 +26,8 @@ class Plan:
     acc_fp64: bool  # some grad is float64: accumulate and return the norm in float64
     settings: LaunchSettings
     numel: int  # total elements (for reporting)
+    chunk_counts: torch.Tensor  # int64 [n_tensors] on device: chunks of each tensor, in order
+    chunk_partials: torch.Tensor | None = None  # float64 [n_chunks], allocated on first per-tensor request
 
 
 def build_plan(grads: list, device: torch.device, settings: LaunchSettings) -> Plan:
@@ -61,4 +63,5 @@ def build_plan(grads: list, device: torch.device, settings: LaunchSettings) -> P
         acc_fp64=bool((code == DTYPE_CODES[torch.float64]).any()),
         settings=settings,
         numel=int(numel.sum()),
+        chunk_counts=n_per_tensor.to(device),
     )

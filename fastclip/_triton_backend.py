@@ -10,7 +10,7 @@ import torch
 
 from ._layout import is_flat_span
 from ._plan import build_plan
-from .kernels.launch_settings import NORM_P2, settings_for
+from .kernels.launch_settings import NORM_GENERAL, NORM_INF, NORM_P2, settings_for
 from .kernels.norm_kernel import launch_norm_partials
 from .kernels.scale_kernel import launch_clamp, launch_scale
 
@@ -42,24 +42,65 @@ def _on(max_norm, device):
     return max_norm
 
 
-def clip(work, grads: list, max_norm, p: float, kind: int, norm_dtype: torch.dtype) -> torch.Tensor:
-    """The two launches: norm partials, then reduce + clip. Returns the 0-d norm."""
+def _norm_launch(plan, p: float, kind: int, per_tensor: bool):
+    chunk_partials = None
+    if per_tensor:
+        if plan.chunk_partials is None:
+            plan.chunk_partials = torch.empty(max(plan.n_chunks, 1), dtype=torch.float64, device=plan.device)
+        chunk_partials = plan.chunk_partials
+    launch_norm_partials(plan.table, plan.n_chunks, plan.partials, p, kind, plan.acc_fp64, plan.settings,
+                         chunk_partials)
+
+
+def per_tensor_norms(plan, p: float, kind: int, norm_dtype: torch.dtype) -> torch.Tensor:
+    """Norm of each tensor of the plan (in plan order) from the chunk partials of the last launch.
+
+    A segment reduction over chunks (deterministic, no atomics) plus the root: a few small ops,
+    no pass over the gradients.
+    """
+    parts = plan.chunk_partials[: plan.n_chunks]
+    reduce = "max" if kind == NORM_INF else "sum"
+    sums = torch.segment_reduce(parts, reduce, lengths=plan.chunk_counts, unsafe=True, initial=0.0)
+    if kind == NORM_P2:
+        sums = sums.sqrt()
+    elif kind == NORM_GENERAL:
+        sums = sums.pow(1.0 / p)
+    return sums.to(norm_dtype)
+
+
+def clip(work, grads: list, max_norm, p: float, kind: int, norm_dtype: torch.dtype, *,
+         per_tensor: bool = False, inv_scale=None, found_inf=None):
+    """The two launches: norm partials, then reduce + clip. Returns the 0-d norm.
+
+    With ``per_tensor`` returns (norm, per-tensor norms). With GradScaler's ``inv_scale`` and
+    ``found_inf`` the grads are unscaled in the same pass (fused AMP step).
+    """
     plan, pairs = _plan_for(work, grads)
-    launch_norm_partials(plan.table, plan.n_chunks, plan.partials, p, kind, plan.acc_fp64, plan.settings)
+    _norm_launch(plan, p, kind, per_tensor)
     norm = torch.empty((), dtype=norm_dtype, device=plan.device)
     launch_scale(plan.table, plan.n_chunks, plan.partials, norm, _on(max_norm, plan.device), p, kind,
-                 norm_dtype == torch.float64, finish_norm=True, apply=True, grid=plan.grid, settings=plan.settings)
+                 norm_dtype == torch.float64, finish_norm=True, apply=True, grid=plan.grid, settings=plan.settings,
+                 inv_scale=inv_scale, found_inf=found_inf)
     _write_back(pairs)
+    if per_tensor:
+        return norm, _unscaled(per_tensor_norms(plan, p, kind, norm_dtype), inv_scale)
     return norm
 
 
-def total_norm(work, grads: list, p: float, kind: int, norm_dtype: torch.dtype) -> torch.Tensor:
-    """The two launches without scaling (the second runs one program). Returns the 0-d norm."""
+def _unscaled(norms, inv_scale):
+    return norms if inv_scale is None else norms * inv_scale.to(norms.dtype)
+
+
+def total_norm(work, grads: list, p: float, kind: int, norm_dtype: torch.dtype, *, per_tensor: bool = False):
+    """The two launches without scaling (the second runs one program). Returns the 0-d norm,
+    or (norm, per-tensor norms) with ``per_tensor``."""
     plan, _ = _plan_for(work, grads)
-    launch_norm_partials(plan.table, plan.n_chunks, plan.partials, p, kind, plan.acc_fp64, plan.settings)
+    _norm_launch(plan, p, kind, per_tensor)
     norm = torch.empty((), dtype=norm_dtype, device=plan.device)
     launch_scale(plan.table, plan.n_chunks, plan.partials, norm, 0.0, p, kind, norm_dtype == torch.float64,
                  finish_norm=True, apply=False, grid=1, settings=plan.settings)
+    if per_tensor:
+        return norm, per_tensor_norms(plan, p, kind, norm_dtype)
     return norm
 
 

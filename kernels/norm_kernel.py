@@ -6,7 +6,8 @@
 
 A persistent grid of G programs takes chunks c = k, k + G, k + 2G, ... of the chunk table, so any
 number of tensors of any mix of dtypes is one launch.  Bytes moved: reads N (the gradient bytes)
-plus 16 per chunk of table; writes 8 * G (one float64 partial per program).  No atomics: the
+plus 16 per chunk of table; writes 8 * G (one float64 partial per program), plus 8 per chunk when
+the per-chunk partials are requested (per-tensor norms come from their segment sums).  No atomics: the
 partials are combined in a fixed order by the scale kernel, so results are bitwise reproducible.
 
 Accumulation: lanes in fp32 (fp64 when the plan holds fp64 grads), each chunk's lane sum folded
@@ -25,8 +26,10 @@ def _norm_partials_kernel(
     n_programs,  # grid size (passed in: tl.num_programs is not a scalar in the interpreter)
     partials_ptr,  # float64 [grid]: one partial per program (written, never accumulated into)
     p,  # the norm order, used only when KIND == PGENERAL
+    chunk_partials_ptr,  # float64 [n_chunks]: each chunk's own sum (or max), if CHUNK_PARTIALS
     KIND: tl.constexpr,  # P2, P1, PINF or PGENERAL (chunk_ops)
     ACC_FP64: tl.constexpr,  # accumulate lanes in fp64 (the plan holds fp64 grads)
+    CHUNK_PARTIALS: tl.constexpr,  # also store every chunk's partial (per-tensor norms, 8 B/chunk)
     CHUNK: tl.constexpr,  # elements per full chunk
     BLOCK: tl.constexpr,  # elements per loop iteration
 ):
@@ -44,6 +47,8 @@ def _norm_partials_kernel(
             part = chunk_power_sum(addr.to(tl.pointer_type(tl.bfloat16)), n, full, p, KIND, ACC, CHUNK, BLOCK)
         else:
             part = chunk_power_sum(addr.to(tl.pointer_type(tl.float64)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+        if CHUNK_PARTIALS:
+            tl.store(chunk_partials_ptr + chunk, part.to(tl.float64))
         if KIND == PINF:
             total = nan_max(total, part.to(tl.float64))
         else:
@@ -51,11 +56,16 @@ def _norm_partials_kernel(
     tl.store(partials_ptr + pid, total)
 
 
-def launch_norm_partials(table, n_chunks, partials, p, kind, acc_fp64, settings):
-    """Launch the norm kernel over ``table`` with one program per entry of ``partials``."""
+def launch_norm_partials(table, n_chunks, partials, p, kind, acc_fp64, settings, chunk_partials=None):
+    """Launch the norm kernel over ``table`` with one program per entry of ``partials``.
+
+    With ``chunk_partials`` (float64 [n_chunks]) every chunk's partial is stored too.
+    """
     grid = (partials.numel(),)
     _norm_partials_kernel[grid](
         table, n_chunks, grid[0], partials, float(p),
-        KIND=kind, ACC_FP64=acc_fp64, CHUNK=settings.chunk, BLOCK=settings.block,
+        chunk_partials if chunk_partials is not None else partials,
+        KIND=kind, ACC_FP64=acc_fp64, CHUNK_PARTIALS=chunk_partials is not None,
+        CHUNK=settings.chunk, BLOCK=settings.block,
         num_warps=settings.num_warps,
     )

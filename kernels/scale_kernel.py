@@ -53,11 +53,14 @@ def _scale_kernel(
     max_norm_ptr,  # 0-d threshold on the device, read if MAX_NORM_FROM_PTR
     max_norm,  # the threshold as a scalar, used if not MAX_NORM_FROM_PTR
     inv_p,  # 1 / p, used only when KIND is general
+    inv_scale_ptr,  # float32 [1]: GradScaler's 1/scale, read if UNSCALE
+    found_inf_ptr,  # float32 [1]: GradScaler's found_inf, written (1.0 / 0.0) if UNSCALE
     KIND: tl.constexpr,  # P2, P1, PINF or PGENERAL (chunk_ops)
     NORM_FP64: tl.constexpr,  # the norm (and coefficient) is float64, else float32
     FINISH_NORM: tl.constexpr,  # reduce the partials into the norm (else read norm_ptr)
     APPLY: tl.constexpr,  # rescale the gradients when coef < 1
     MAX_NORM_FROM_PTR: tl.constexpr,  # threshold read from device memory (never syncs)
+    UNSCALE: tl.constexpr,  # grads are loss-scaled: unscale while clipping (fused AMP step)
     P_BLOCK: tl.constexpr,  # power of 2 >= n_partials
     CHUNK: tl.constexpr,  # elements per full chunk
     BLOCK: tl.constexpr,  # elements per loop iteration
@@ -77,6 +80,14 @@ def _scale_kernel(
         else:
             # total^(1/p) in fp32: log2/exp2 have no fp64 hardware path; ~1e-7 relative error
             norm64 = tl.exp2(tl.log2(total.to(tl.float32)) * inv_p).to(tl.float64)
+        if UNSCALE:
+            # a p-norm is homogeneous: ||g / s|| = ||g|| / s, exact for GradScaler's powers of 2.
+            # Any inf/NaN element makes the scaled norm non-finite: that is GradScaler's found_inf.
+            nonfinite = (norm64 != norm64) | (norm64 == float("inf"))
+            if tl.program_id(0) == 0:
+                tl.store(found_inf_ptr, tl.where(nonfinite, 1.0, 0.0).to(tl.float32))
+            inv_scale = tl.load(inv_scale_ptr).to(tl.float64)
+            norm64 = norm64 * inv_scale
         norm = norm64.to(NORM_DTYPE)
         if tl.program_id(0) == 0:
             tl.store(norm_ptr, norm)
@@ -91,8 +102,15 @@ def _scale_kernel(
             coef = threshold / (norm + 1e-6)  # fp64 division is IEEE-rounded already
         else:
             coef = tl.div_rn(threshold, norm + 1e-6)  # fp32 `/` would be the approximate div.full
+        if UNSCALE:
+            # the unscale must be written even at coef 1; nothing is written when the step will
+            # be skipped (found_inf): GradScaler discards those grads anyway
+            if not nonfinite:
+                factor = tl.minimum(coef, 1.0).to(tl.float64) * inv_scale
+                _rewrite_all(table_ptr, n_chunks, n_programs, factor.to(tl.float32), factor,
+                             factor.to(tl.float32), factor, SCALE, CHUNK, BLOCK)
         # coef != coef: a NaN norm scales by NaN, as torch.clamp(nan, max=1) does
-        if (coef < 1.0) | (coef != coef):
+        elif (coef < 1.0) | (coef != coef):
             _rewrite_all(table_ptr, n_chunks, n_programs, coef.to(tl.float32), coef.to(tl.float64),
                          coef.to(tl.float32), coef.to(tl.float64), SCALE, CHUNK, BLOCK)
 
@@ -113,16 +131,21 @@ def _clamp_kernel(
 
 
 def launch_scale(table, n_chunks, partials, norm, max_norm, p, kind, norm_fp64, *,
-                 finish_norm, apply, grid, settings):
-    """Launch the scale kernel; ``max_norm`` is a float or a 0-d tensor on the grads' device."""
+                 finish_norm, apply, grid, settings, inv_scale=None, found_inf=None):
+    """Launch the scale kernel; ``max_norm`` is a float or a 0-d tensor on the grads' device.
+
+    With ``inv_scale`` and ``found_inf`` (GradScaler's tensors) the grads are unscaled as well.
+    """
     from_ptr = not isinstance(max_norm, (int, float))
+    unscale = inv_scale is not None
     _scale_kernel[(grid,)](
         table, n_chunks, grid, partials, partials.numel(), norm,
         max_norm if from_ptr else norm,  # any valid pointer when unused
         0.0 if from_ptr else float(max_norm),
         1.0 / p if p not in (0.0, float("inf")) else 1.0,
+        inv_scale if unscale else partials, found_inf if unscale else partials,
         KIND=kind, NORM_FP64=norm_fp64, FINISH_NORM=finish_norm, APPLY=apply,
-        MAX_NORM_FROM_PTR=from_ptr, P_BLOCK=triton.next_power_of_2(max(partials.numel(), 1)),
+        MAX_NORM_FROM_PTR=from_ptr, UNSCALE=unscale, P_BLOCK=triton.next_power_of_2(max(partials.numel(), 1)),
         CHUNK=settings.chunk, BLOCK=settings.block, num_warps=settings.num_warps,
     )
 
