@@ -1,0 +1,116 @@
+"""Mixed precision: clip loss-scaled gradients in the same pass that unscales them.
+
+The usual AMP step reads and writes the gradients twice before the optimizer runs::
+
+    scaler.unscale_(optimizer)                    # read N, write N (+ inf check)
+    torch.nn.utils.clip_grad_norm_(params, c)     # read N (norm), read N + write N (scale)
+
+that is 5N bytes.  :func:`unscale_clip_` computes the norm of the *scaled* gradients (one read),
+derives GradScaler's found_inf from it (any inf/NaN element makes it non-finite), and writes
+``g * inv_scale * coef`` once: 3N bytes, the same two launches as :func:`fastclip.clip_`.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _inputs, _torch_backend
+from .api import _no_grad, _norm_dtype, _triton, clip_
+from ._dispatch import route
+
+
+def _params_of(optimizer) -> list:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+@_no_grad
+def unscale_clip_(scaler, optimizer, max_norm, norm_type=2.0) -> torch.Tensor:
+    r"""``scaler.unscale_(optimizer)`` followed by :func:`fastclip.clip_` on the optimizer's
+    parameters, fused: one read of the gradients for the norm and the inf check, one write.
+
+    .. math::
+        g \leftarrow g \cdot s^{-1} \cdot \min\Big(\frac{\text{max\_norm}}{\|g\|_p\, s^{-1} + 10^{-6}},\ 1\Big)
+
+    Afterwards the scaler is in the same state as after ``unscale_``: ``scaler.step(optimizer)``
+    skips the step when a gradient was inf/NaN, and ``scaler.update()`` backs the scale off.
+    When the step will be skipped the gradients are left as they are (scaled, non-finite).
+
+    Args:
+        scaler (torch.amp.GradScaler): the scaler that scaled the loss.
+        optimizer (torch.optim.Optimizer): its ``param_groups`` give the gradients to clip.
+        max_norm (float or Tensor): max norm of the unscaled gradients.
+        norm_type (float or str, optional): order p > 0, or ``'inf'``. Default: 2.0
+
+    Returns:
+        Tensor: 0-d norm of the unscaled gradients before clipping (inf/NaN if found_inf).
+
+    Raises:
+        RuntimeError: ``unscale_`` (or this function) was already called since the last
+            ``update()``, or the step was already taken — GradScaler's own checks.
+        ValueError: a gradient is float16 (GradScaler refuses to unscale FP16 gradients).
+
+    Example::
+
+        >>> import torch, fastclip
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        >>> scaler.scale(model(torch.ones(3, 4)).sum()).backward()
+        >>> norm = fastclip.amp.unscale_clip_(scaler, opt, max_norm=1.0)
+        >>> scaler.step(opt); scaler.update()
+    """
+    params = _params_of(optimizer)
+    if not scaler.is_enabled():
+        return clip_(params, max_norm, norm_type)
+    from torch.amp.grad_scaler import OptState
+
+    scaler._check_scale_growth_tracker("unscale_")
+    state = scaler._per_optimizer_states[id(optimizer)]
+    if state["stage"] is OptState.UNSCALED:
+        raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+    if state["stage"] is OptState.STEPPED:
+        raise RuntimeError("unscale_() is being called after step().")
+    grads = _inputs.grads_of(params)
+    if any(g.dtype == torch.float16 for g in grads):
+        raise ValueError("Attempting to unscale FP16 gradients.")
+    p, kind = _inputs.parse_norm_type(norm_type)
+    max_norm = _inputs.check_threshold(max_norm, "max_norm")
+    # GradScaler's own arithmetic: the reciprocal in fp64, then fp32
+    inv_scale = scaler._scale.double().reciprocal().float()
+    found_inf = torch.full((), 0.0, dtype=torch.float32, device=scaler._scale.device)
+    if not grads:
+        norm = torch.tensor(0.0)
+    else:
+        works = route(grads)
+        if len(works) != 1 or works[0].device != scaler._scale.device:
+            # several devices: not fused, exactly GradScaler's path followed by clip_
+            scaler.unscale_(optimizer)
+            return clip_(params, max_norm, norm_type)
+        work = works[0]
+        if work.triton:
+            norm = _triton().clip(work, grads, max_norm, p, kind, _norm_dtype(works),
+                                  inv_scale=inv_scale, found_inf=found_inf)
+        else:
+            norm = _unscale_clip_torch(work, grads, max_norm, p, kind, _norm_dtype(works), inv_scale, found_inf)
+    state["found_inf_per_device"] = {scaler._scale.device: found_inf}
+    state["stage"] = OptState.UNSCALED
+    return norm
+
+
+def _unscale_clip_torch(work, grads, max_norm, p, kind, norm_dtype, inv_scale, found_inf):
+    """The same fused step in plain PyTorch (one norm pass, one multiply pass)."""
+    by_dtype = work.by_dtype if work.by_dtype is not None else _torch_backend.group_by_dtype(grads)
+    scaled = _torch_backend.total_norm(by_dtype, p, kind, torch.float64, work.device)
+    nonfinite = ~torch.isfinite(scaled)
+    found_inf.copy_(nonfinite.to(found_inf.dtype))
+    norm = (scaled * inv_scale.double()).to(norm_dtype)
+    factor = (_torch_backend.clip_coef(max_norm, norm) * inv_scale.to(norm_dtype)).float()
+    if work.device.type == "cpu":
+        if not bool(nonfinite):  # a CPU read, not a device sync
+            for tensors in by_dtype.values():
+                torch._foreach_mul_(tensors, factor)
+    else:
+        # no host sync: where found_inf, multiply by 1 (the step is skipped anyway)
+        factor = torch.where(nonfinite, torch.ones_like(factor), factor)
+        for tensors in by_dtype.values():
+            torch._foreach_mul_(tensors, factor)
+    return norm
