@@ -72,6 +72,7 @@ def test_fp16_gradients_are_refused_like_gradscaler(backend, device):
     model = torch.nn.Linear(3, 1).to(device, torch.float16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler(device.type)
+    scaler.scale(torch.ones((), device=device))  # initialises the scale, as a real step would
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     before = [p.grad.clone() for p in model.parameters()]
