@@ -51,7 +51,7 @@ def variants():
     for kind, acc64, per_chunk in norm_modes:
         yield (f"norm kind={kind} acc_fp64={acc64} chunk_partials={per_chunk}", norm_kernel._norm_partials_kernel,
                norm_sig, {"KIND": kind, "ACC_FP64": acc64, "CHUNK_PARTIALS": per_chunk, **tile})
-    p_block = triton.next_power_of_2(s.max_programs)
+    p_block = triton.next_power_of_2(min(132 * s.programs_per_sm, s.max_programs))  # H100: 132 SMs
     for fp64 in (False, True):
         nt = "*fp64" if fp64 else "*fp32"
         scale_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64",

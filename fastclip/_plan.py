@@ -1,8 +1,8 @@
 """Plan builder for the Triton path.
 
 A *plan* is what the two launches need about one list of gradients on one device: the chunk table
-(int64 ``[2, n_chunks]``: chunk start address; ``n | dtype_code << 32 | full << 36``), the grid
-size, and the float64 partials workspace.  Building one costs a few vectorised torch ops; the
+(int64 ``[2, n_chunks]``: chunk start address; ``n | dtype_code << 32 | full << 36``) and the
+float64 partials workspace (one value per program of the norm launch).  Building one costs a few vectorised torch ops; the
 dispatcher (``fastclip._dispatch``) caches it under the gradients' signature, so the steady state
 of a training loop, where the same gradient buffers come back every step, does no table building,
 no host-to-device copy and no allocation proportional to the model.
@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from .kernels.launch_settings import DTYPE_CODES, VECTOR_ALIGN_BYTES, LaunchSettings, grid_size
+from .kernels.launch_settings import DTYPE_CODES, VECTOR_ALIGN_BYTES, LaunchSettings, max_grid
 
 
 @dataclasses.dataclass
@@ -21,8 +21,7 @@ class Plan:
     device: torch.device
     table: torch.Tensor  # int64 [2, n_chunks] on device
     n_chunks: int
-    grid: int  # programs of both launches == number of partials
-    partials: torch.Tensor  # float64 [grid] workspace, overwritten by every norm launch
+    partials: torch.Tensor  # float64 [max grid] workspace: the norm launch writes its first G entries
     acc_fp64: bool  # some grad is float64: accumulate and return the norm in float64
     settings: LaunchSettings
     numel: int  # total elements (for reporting)
@@ -53,13 +52,11 @@ def build_plan(grads: list, device: torch.device, settings: LaunchSettings) -> P
     # a never-read dummy column keeps the table pointer valid when there is nothing to do
     table = torch.stack([chunk_addr, packed]) if n_chunks else torch.zeros(2, 1, dtype=torch.int64)
     table = table.to(device)
-    grid = grid_size(device, n_chunks, settings)
     return Plan(
         device=device,
         table=table,
         n_chunks=n_chunks,
-        grid=grid,
-        partials=torch.empty(grid, dtype=torch.float64, device=device),
+        partials=torch.empty(max_grid(device, settings), dtype=torch.float64, device=device),
         acc_fp64=bool((code == DTYPE_CODES[torch.float64]).any()),
         settings=settings,
         numel=int(numel.sum()),

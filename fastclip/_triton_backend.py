@@ -48,8 +48,8 @@ def _norm_launch(plan, p: float, kind: int, per_tensor: bool):
         if plan.chunk_partials is None:
             plan.chunk_partials = torch.empty(max(plan.n_chunks, 1), dtype=torch.float64, device=plan.device)
         chunk_partials = plan.chunk_partials
-    launch_norm_partials(plan.table, plan.n_chunks, plan.partials, p, kind, plan.acc_fp64, plan.settings,
-                         chunk_partials)
+    return launch_norm_partials(plan.table, plan.n_chunks, plan.partials, p, kind, plan.acc_fp64, plan.settings,
+                                chunk_partials)
 
 
 def per_tensor_norms(plan, p: float, kind: int, norm_dtype: torch.dtype) -> torch.Tensor:
@@ -76,10 +76,10 @@ def clip(work, grads: list, max_norm, p: float, kind: int, norm_dtype: torch.dty
     ``found_inf`` the grads are unscaled in the same pass (fused AMP step).
     """
     plan, pairs = _plan_for(work, grads)
-    _norm_launch(plan, p, kind, per_tensor)
+    n_partials = _norm_launch(plan, p, kind, per_tensor)
     norm = torch.empty((), dtype=norm_dtype, device=plan.device)
-    launch_scale(plan.table, plan.n_chunks, plan.partials, norm, _on(max_norm, plan.device), p, kind,
-                 norm_dtype == torch.float64, finish_norm=True, apply=True, grid=plan.grid, settings=plan.settings,
+    launch_scale(plan.table, plan.n_chunks, plan.partials, n_partials, norm, _on(max_norm, plan.device), p, kind,
+                 norm_dtype == torch.float64, finish_norm=True, apply=True, settings=plan.settings,
                  inv_scale=inv_scale, found_inf=found_inf)
     _write_back(pairs)
     if per_tensor:
@@ -95,10 +95,10 @@ def total_norm(work, grads: list, p: float, kind: int, norm_dtype: torch.dtype, 
     """The two launches without scaling (the second runs one program). Returns the 0-d norm,
     or (norm, per-tensor norms) with ``per_tensor``."""
     plan, _ = _plan_for(work, grads)
-    _norm_launch(plan, p, kind, per_tensor)
+    n_partials = _norm_launch(plan, p, kind, per_tensor)
     norm = torch.empty((), dtype=norm_dtype, device=plan.device)
-    launch_scale(plan.table, plan.n_chunks, plan.partials, norm, 0.0, p, kind, norm_dtype == torch.float64,
-                 finish_norm=True, apply=False, grid=1, settings=plan.settings)
+    launch_scale(plan.table, plan.n_chunks, plan.partials, n_partials, norm, 0.0, p, kind,
+                 norm_dtype == torch.float64, finish_norm=True, apply=False, settings=plan.settings)
     if per_tensor:
         return norm, per_tensor_norms(plan, p, kind, norm_dtype)
     return norm
@@ -108,13 +108,13 @@ def clip_with_norm(work, grads: list, max_norm, norm: torch.Tensor) -> None:
     """One launch: grads *= min(max_norm / (norm + 1e-6), 1), skipped when that is >= 1."""
     plan, pairs = _plan_for(work, grads)
     norm = norm.to(plan.device)
-    launch_scale(plan.table, plan.n_chunks, plan.partials, norm, _on(max_norm, plan.device), 2.0, NORM_P2,
-                 norm.dtype == torch.float64, finish_norm=False, apply=True, grid=plan.grid, settings=plan.settings)
+    launch_scale(plan.table, plan.n_chunks, plan.partials, 0, norm, _on(max_norm, plan.device), 2.0, NORM_P2,
+                 norm.dtype == torch.float64, finish_norm=False, apply=True, settings=plan.settings)
     _write_back(pairs)
 
 
 def clamp(work, grads: list, clip_value: float) -> None:
     """One launch: clamp every gradient to [-clip_value, clip_value] in place."""
     plan, pairs = _plan_for(work, grads)
-    launch_clamp(plan.table, plan.n_chunks, clip_value, plan.grid, plan.settings)
+    launch_clamp(plan.table, plan.n_chunks, clip_value, plan.settings)
     _write_back(pairs)

@@ -30,8 +30,8 @@ class LaunchSettings:
     chunk: int  # elements per chunk (multiple of block)
     block: int  # elements per loop iteration of a program
     num_warps: int
-    programs_per_sm: int  # persistent grid = SMs * programs_per_sm, capped by the chunk count
-    max_programs: int  # hard cap on the grid (and so on the number of partials)
+    programs_per_sm: int  # persistent grid = SMs * programs_per_sm (lowered to what fits), capped by chunks
+    max_programs: int  # hard cap on the grid (and the size of the partials workspace)
 
     def __post_init__(self):
         if self.chunk % self.block or self.block & (self.block - 1):
@@ -41,7 +41,7 @@ class LaunchSettings:
 GPU_SETTINGS = LaunchSettings(chunk=65536, block=2048, num_warps=8, programs_per_sm=4, max_programs=2048)
 # The interpreter runs programs one after another in Python: small chunks keep tests fast while
 # still exercising multi-chunk tensors, full (vectorized) and masked chunks, and many programs.
-INTERPRETER_SETTINGS = LaunchSettings(chunk=256, block=64, num_warps=1, programs_per_sm=1, max_programs=8)
+INTERPRETER_SETTINGS = LaunchSettings(chunk=256, block=64, num_warps=1, programs_per_sm=4, max_programs=8)
 
 _override: LaunchSettings | None = None
 
@@ -60,10 +60,54 @@ def use_settings(settings: LaunchSettings | None) -> LaunchSettings | None:
     return old
 
 
-def grid_size(device: torch.device, n_chunks: int, settings: LaunchSettings) -> int:
-    """Persistent grid: a few programs per SM, never more programs than chunks (at least 1)."""
+_resident: dict = {}
+
+
+def max_grid(device: torch.device, settings: LaunchSettings) -> int:
+    """Largest persistent grid on ``device``: the size of a plan's partials workspace."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return max(1, min(sms * settings.programs_per_sm, settings.max_programs))
+
+
+def _resident_programs_per_sm(compiled, device: torch.device, num_warps: int) -> int:
+    """How many programs of ``compiled`` fit on one SM at once (registers, threads, shared memory)."""
+    compiled._init_handles()  # loads the module; fills n_regs
+    props = torch.cuda.get_device_properties(device)
+    regs_per_sm = getattr(props, "regs_per_multiprocessor", 65536)
+    threads_per_sm = getattr(props, "max_threads_per_multi_processor", 2048)
+    smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    # registers are allocated per warp in units of 256
+    regs_per_warp = -(-max(compiled.n_regs, 1) * 32 // 256) * 256
+    fits = [regs_per_sm // (regs_per_warp * num_warps), threads_per_sm // (32 * num_warps), 32]
+    shared = getattr(compiled.metadata, "shared", 0) or 0
+    if shared:
+        fits.append(smem_per_sm // shared)
+    return max(1, min(fits))
+
+
+def persistent_grid(kernel, args, constexprs: dict, device: torch.device, n_chunks: int,
+                    settings: LaunchSettings, cap: int) -> int:
+    """Grid of a persistent launch: every program resident at once, never more than the chunks.
+
+    Chunks are assigned statically (chunk c to program c mod G, which keeps results bitwise
+    reproducible), so a program that has to wait for a free SM slot would double the time of its
+    chunks: the grid is capped at the programs that fit, computed once per kernel variant from its
+    compiled register and shared-memory use.
+    """
+    per_sm = settings.programs_per_sm
     if device.type == "cuda":
+        key = (kernel.fn.__name__ if hasattr(kernel, "fn") else id(kernel), tuple(sorted(constexprs.items())),
+               settings.num_warps, device.index)
+        resident = _resident.get(key)
+        if resident is None:
+            try:
+                compiled = kernel.warmup(*args, grid=(1,), num_warps=settings.num_warps, **constexprs)
+                resident = _resident_programs_per_sm(compiled, device, settings.num_warps)
+            except Exception:  # an API change in triton: keep the configured value
+                resident = per_sm
+            _resident[key] = resident
+        per_sm = min(per_sm, resident)
         sms = torch.cuda.get_device_properties(device).multi_processor_count
     else:
-        sms = 1
-    return max(1, min(n_chunks, sms * settings.programs_per_sm, settings.max_programs))
+        sms = 1  # the interpreter: a handful of programs, run one after another
+    return max(1, min(n_chunks, sms * per_sm, settings.max_programs, cap))

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .chunk_ops import PINF, chunk_power_sum, nan_max, unpack_chunk
+from .launch_settings import persistent_grid
 
 
 @triton.jit
@@ -56,16 +57,17 @@ def _norm_partials_kernel(
     tl.store(partials_ptr + pid, total)
 
 
-def launch_norm_partials(table, n_chunks, partials, p, kind, acc_fp64, settings, chunk_partials=None):
-    """Launch the norm kernel over ``table`` with one program per entry of ``partials``.
+def launch_norm_partials(table, n_chunks, partials, p, kind, acc_fp64, settings, chunk_partials=None) -> int:
+    """Launch the norm kernel over ``table``; returns its grid size G (= partials written).
 
-    With ``chunk_partials`` (float64 [n_chunks]) every chunk's partial is stored too.
+    ``partials`` is a workspace of at least G float64 values.  With ``chunk_partials`` (float64
+    [n_chunks]) every chunk's partial is stored too.
     """
-    grid = (partials.numel(),)
-    _norm_partials_kernel[grid](
-        table, n_chunks, grid[0], partials, float(p),
-        chunk_partials if chunk_partials is not None else partials,
-        KIND=kind, ACC_FP64=acc_fp64, CHUNK_PARTIALS=chunk_partials is not None,
-        CHUNK=settings.chunk, BLOCK=settings.block,
-        num_warps=settings.num_warps,
-    )
+    constexprs = dict(KIND=kind, ACC_FP64=acc_fp64, CHUNK_PARTIALS=chunk_partials is not None,
+                      CHUNK=settings.chunk, BLOCK=settings.block)
+    args = [table, n_chunks, 3, partials, float(p), chunk_partials if chunk_partials is not None else partials]
+    grid = persistent_grid(_norm_partials_kernel, args, constexprs, table.device, n_chunks, settings,
+                           cap=partials.numel())
+    args[2] = grid
+    _norm_partials_kernel[(grid,)](*args, **constexprs, num_warps=settings.num_warps)
+    return grid

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .chunk_ops import CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, nan_max_reduce, unpack_chunk
+from .launch_settings import persistent_grid
 
 
 @triton.jit
@@ -130,29 +131,38 @@ def _clamp_kernel(
     _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK)
 
 
-def launch_scale(table, n_chunks, partials, norm, max_norm, p, kind, norm_fp64, *,
-                 finish_norm, apply, grid, settings, inv_scale=None, found_inf=None):
+def launch_scale(table, n_chunks, partials, n_partials, norm, max_norm, p, kind, norm_fp64, *,
+                 finish_norm, apply, settings, inv_scale=None, found_inf=None):
     """Launch the scale kernel; ``max_norm`` is a float or a 0-d tensor on the grads' device.
 
-    With ``inv_scale`` and ``found_inf`` (GradScaler's tensors) the grads are unscaled as well.
+    ``n_partials`` is the grid of the norm launch that filled ``partials``.  With ``inv_scale`` and
+    ``found_inf`` (GradScaler's tensors) the grads are unscaled as well.
     """
     from_ptr = not isinstance(max_norm, (int, float))
     unscale = inv_scale is not None
-    _scale_kernel[(grid,)](
-        table, n_chunks, grid, partials, partials.numel(), norm,
+    constexprs = dict(KIND=kind, NORM_FP64=norm_fp64, FINISH_NORM=finish_norm, APPLY=apply,
+                      MAX_NORM_FROM_PTR=from_ptr, UNSCALE=unscale,
+                      P_BLOCK=triton.next_power_of_2(max(partials.numel(), 1)),
+                      CHUNK=settings.chunk, BLOCK=settings.block)
+    args = [
+        table, n_chunks, 3, partials, n_partials, norm,
         max_norm if from_ptr else norm,  # any valid pointer when unused
         0.0 if from_ptr else float(max_norm),
         1.0 / p if p not in (0.0, float("inf")) else 1.0,
         inv_scale if unscale else partials, found_inf if unscale else partials,
-        KIND=kind, NORM_FP64=norm_fp64, FINISH_NORM=finish_norm, APPLY=apply,
-        MAX_NORM_FROM_PTR=from_ptr, UNSCALE=unscale, P_BLOCK=triton.next_power_of_2(max(partials.numel(), 1)),
-        CHUNK=settings.chunk, BLOCK=settings.block, num_warps=settings.num_warps,
-    )
+    ]
+    # without a rewrite pass one program reduces the partials; with one, a persistent grid
+    grid = persistent_grid(_scale_kernel, args, constexprs, table.device, n_chunks, settings,
+                           cap=settings.max_programs) if apply else 1
+    args[2] = grid
+    _scale_kernel[(grid,)](*args, **constexprs, num_warps=settings.num_warps)
 
 
-def launch_clamp(table, n_chunks, clip_value, grid, settings):
+def launch_clamp(table, n_chunks, clip_value, settings):
     """Launch the clamp kernel over ``table``."""
-    _clamp_kernel[(grid,)](
-        table, n_chunks, grid, float(clip_value),
-        CHUNK=settings.chunk, BLOCK=settings.block, num_warps=settings.num_warps,
-    )
+    constexprs = dict(CHUNK=settings.chunk, BLOCK=settings.block)
+    args = [table, n_chunks, 3, float(clip_value)]
+    grid = persistent_grid(_clamp_kernel, args, constexprs, table.device, n_chunks, settings,
+                           cap=settings.max_programs)
+    args[2] = grid
+    _clamp_kernel[(grid,)](*args, **constexprs, num_warps=settings.num_warps)
