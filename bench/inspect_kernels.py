@@ -44,7 +44,7 @@ def variants():
     """(name, kernel, signature, constexprs) of every specialisation the launchers can produce."""
     s = ls.GPU_SETTINGS
     tile = {"CHUNK": s.chunk, "BLOCK": s.block}
-    norm_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64", "p": "fp32",
+    norm_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64", "p_bits": "i64",
                 "chunk_partials_ptr": "*fp64"}
     norm_modes = [(kind, acc64, False) for kind, acc64 in itertools.product(KINDS, (False, True))]
     norm_modes += [(kind, False, True) for kind in KINDS]  # per-tensor norms
@@ -55,7 +55,7 @@ def variants():
     for fp64 in (False, True):
         nt = "*fp64" if fp64 else "*fp32"
         scale_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64",
-                     "n_partials": "i32", "norm_ptr": nt, "max_norm_ptr": nt, "max_norm": "fp32", "inv_p": "fp32",
+                     "n_partials": "i32", "norm_ptr": nt, "max_norm_ptr": nt, "max_norm_bits": "i64", "inv_p_bits": "i64",
                      "inv_scale_ptr": "*fp32", "found_inf_ptr": "*fp32"}
         modes = [(kind, True, True, ptr, False) for kind in KINDS for ptr in (False, True)]  # clip_
         modes += [(kind, True, False, False, False) for kind in KINDS]  # total_norm
@@ -68,7 +68,7 @@ def variants():
                    {"KIND": kind, "NORM_FP64": fp64, "FINISH_NORM": finish, "APPLY": apply,
                     "MAX_NORM_FROM_PTR": ptr, "UNSCALE": unscale, "P_BLOCK": p_block, **tile})
     yield ("clamp", scale_kernel._clamp_kernel,
-           {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "clip_value": "fp32"}, dict(tile))
+           {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "clip_value_bits": "i64"}, dict(tile))
 
 
 def _cuobjdump(args, cubin: bytes) -> str:

@@ -44,16 +44,26 @@ def grads_of(parameters: list) -> list:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def check_param_grads(parameters: list) -> None:
+    """check_grads on the .grad of each parameter, naming the parameter's position."""
+    for i, p in enumerate(parameters):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"`parameters` item {i} is a {type(p).__name__}, not a Tensor")
+        if p.grad is not None:
+            check_grads([p.grad], what=f"`parameters` item {i}: its .grad")
+
+
 def check_grads(grads: list, what: str = "gradient") -> None:
     """Raise TypeError for a non-tensor, non-floating, complex or sparse entry (naming its index)."""
     for i, g in enumerate(grads):
+        name = what if len(grads) == 1 and what != "gradient" else f"{what} {i}"
         if not isinstance(g, torch.Tensor):
-            raise TypeError(f"{what} {i} is a {type(g).__name__}, not a Tensor")
+            raise TypeError(f"{name} is a {type(g).__name__}, not a Tensor")
         if g.layout != torch.strided:
-            raise TypeError(f"{what} {i} has layout {g.layout}; fastclip supports dense (strided) tensors only, "
+            raise TypeError(f"{name} has layout {g.layout}; fastclip supports dense (strided) tensors only, "
                             f"call .to_dense() first")
         if g.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{what} {i} has dtype {g.dtype}; fastclip supports "
+            raise TypeError(f"{name} has dtype {g.dtype}; fastclip supports "
                             f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
 
 

@@ -57,19 +57,25 @@ def _chunk_norms(flat: torch.Tensor, p: float, kind: int, buffer: list) -> torch
     return torch.cat(results).double()
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    # torch.cat keeps a common memory format (e.g. channels_last): dense, maybe not contiguous
+    flat = flat_view(t)
+    return flat if flat is not None else t.reshape(-1)
+
+
 def _concatenated(small: list) -> list:
     """Small tensors as few flat tensors: one torch.cat if their trailing dims agree (all 1-D,
     or all the same shape), else one per trailing shape."""
     if not small:
         return []
     try:
-        flats = [torch.cat(small).view(-1)]
+        flats = [_flat(torch.cat(small))]
     except RuntimeError:
         groups: dict = {}
         for g in small:
             groups.setdefault(g.shape[1:] if g.dim() else "0-d", []).append(g)
         # 0-d tensors can't be concatenated, only stacked
-        flats = [(torch.stack(same) if key == "0-d" else torch.cat(same)).view(-1) for key, same in groups.items()]
+        flats = [_flat(torch.stack(same) if key == "0-d" else torch.cat(same)) for key, same in groups.items()]
     return [f for f in flats if f.numel()]
 
 

@@ -26,6 +26,15 @@ def _norm_dtype(works) -> torch.dtype:
     return torch.float64 if any(w.has_fp64 for w in works) else torch.float32
 
 
+def _route_naming_parameters(grads, parameters):
+    """route(grads), but a bad gradient is reported by its position in ``parameters``."""
+    try:
+        return route(grads)
+    except TypeError:
+        _inputs.check_param_grads(parameters)
+        raise
+
+
 def _by_dtype(work, grads) -> dict:
     return work.by_dtype if work.by_dtype is not None else _torch_backend.group_by_dtype(grads)
 
@@ -165,8 +174,13 @@ def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach
         Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
         ICML 2013 (arXiv 1211.5063).
     """
-    grads = _inputs.grads_of(_inputs.as_tensor_list(parameters))
-    return _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach, group, per_tensor)
+    parameters = _inputs.as_tensor_list(parameters)
+    grads = _inputs.grads_of(parameters)
+    try:
+        return _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach, group, per_tensor)
+    except TypeError:
+        _inputs.check_param_grads(parameters)  # a bad gradient: name its parameter's position
+        raise
 
 
 @_no_grad
@@ -248,7 +262,8 @@ def clip_with_norm_(parameters, max_norm, total_norm, foreach=None) -> None:
         >>> w.grad
         tensor([0.6000, 0.8000])
     """
-    grads = _inputs.grads_of(_inputs.as_tensor_list(parameters))
+    parameters = _inputs.as_tensor_list(parameters)
+    grads = _inputs.grads_of(parameters)
     max_norm = _inputs.check_threshold(max_norm, "max_norm")
     _inputs.check_foreach(foreach)
     if not isinstance(total_norm, torch.Tensor):
@@ -258,7 +273,7 @@ def clip_with_norm_(parameters, max_norm, total_norm, foreach=None) -> None:
                          f"{tuple(total_norm.shape)} and dtype {total_norm.dtype}")
     if not grads:
         return None
-    _clip_with_norm(route(grads), grads, max_norm, total_norm.reshape(()))
+    _clip_with_norm(_route_naming_parameters(grads, parameters), grads, max_norm, total_norm.reshape(()))
     return None
 
 
@@ -284,14 +299,15 @@ def clip_value_(parameters, clip_value, foreach=None) -> None:
         >>> w.grad
         tensor([-1.0000,  0.5000,  1.0000])
     """
-    grads = _inputs.grads_of(_inputs.as_tensor_list(parameters))
+    parameters = _inputs.as_tensor_list(parameters)
+    grads = _inputs.grads_of(parameters)
     if isinstance(clip_value, torch.Tensor):
         clip_value = float(clip_value)  # the kernel takes a scalar; this reads the tensor (syncs)
     clip_value = _inputs.check_threshold(clip_value, "clip_value")
     _inputs.check_foreach(foreach)
     if not grads:
         return None
-    for w in route(grads):
+    for w in _route_naming_parameters(grads, parameters):
         gs = w.grads(grads)
         if w.triton:
             _triton().clamp(w, gs, clip_value)

@@ -20,6 +20,12 @@ PGENERAL = tl.constexpr(NORM_GENERAL)
 
 
 @triton.jit
+def f64_from_bits(bits):
+    """A float64 scalar passed as its int64 bit pattern (Triton types Python floats as fp32)."""
+    return tl.cast(bits, tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
 def unpack_chunk(table_ptr, n_chunks, chunk):
     """Address, element count, dtype code and full flag of one chunk."""
     addr = tl.load(table_ptr + chunk)
@@ -55,7 +61,7 @@ def _accumulate(acc, x, p, KIND: tl.constexpr):
     else:
         ax = tl.abs(x)
         # |x|^p = 2^(p log2|x|); 0 -> 0 explicitly (log2 0 = -inf), NaN stays NaN
-        acc += tl.where(ax == 0, 0.0, tl.exp2(p * tl.log2(ax)))
+        acc += tl.where(ax == 0, 0.0, tl.exp2(p.to(ax.dtype) * tl.log2(ax)))
     return acc
 
 

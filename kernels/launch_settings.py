@@ -11,6 +11,7 @@ in-place scale kernel, it would rescale the gradients once per config).
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import torch
 
@@ -61,6 +62,11 @@ def use_settings(settings: LaunchSettings | None) -> LaunchSettings | None:
 
 
 _resident: dict = {}
+
+
+def f64_bits(x: float) -> int:
+    """The int64 bit pattern of float(x): how float64 scalars reach a kernel without fp32 rounding."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 def max_grid(device: torch.device, settings: LaunchSettings) -> int:

@@ -16,17 +16,17 @@ into a float64 program total, which keeps the relative error near 1e-7 even for 
 import triton
 import triton.language as tl
 
-from .chunk_ops import PINF, chunk_power_sum, nan_max, unpack_chunk
-from .launch_settings import persistent_grid
+from .chunk_ops import PINF, chunk_power_sum, f64_from_bits, nan_max, unpack_chunk
+from .launch_settings import f64_bits, persistent_grid
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["p_bits"])
 def _norm_partials_kernel(
     table_ptr,  # int64 [2, n_chunks]: chunk address row, packed (n | code << 32 | full << 36) row
     n_chunks,  # number of chunks in the table
     n_programs,  # grid size (passed in: tl.num_programs is not a scalar in the interpreter)
     partials_ptr,  # float64 [grid]: one partial per program (written, never accumulated into)
-    p,  # the norm order, used only when KIND == PGENERAL
+    p_bits,  # the norm order as float64 bits (launch_settings.f64_bits), used if KIND == PGENERAL
     chunk_partials_ptr,  # float64 [n_chunks]: each chunk's own sum (or max), if CHUNK_PARTIALS
     KIND: tl.constexpr,  # P2, P1, PINF or PGENERAL (chunk_ops)
     ACC_FP64: tl.constexpr,  # accumulate lanes in fp64 (the plan holds fp64 grads)
@@ -36,6 +36,7 @@ def _norm_partials_kernel(
 ):
     pid = tl.program_id(0)
     ACC: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
+    p = f64_from_bits(p_bits)
     total = tl.zeros([], tl.float64)
     for chunk in tl.range(pid, n_chunks, n_programs):
         addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
@@ -65,7 +66,7 @@ def launch_norm_partials(table, n_chunks, partials, p, kind, acc_fp64, settings,
     """
     constexprs = dict(KIND=kind, ACC_FP64=acc_fp64, CHUNK_PARTIALS=chunk_partials is not None,
                       CHUNK=settings.chunk, BLOCK=settings.block)
-    args = [table, n_chunks, 3, partials, float(p), chunk_partials if chunk_partials is not None else partials]
+    args = [table, n_chunks, 3, partials, f64_bits(p), chunk_partials if chunk_partials is not None else partials]
     grid = persistent_grid(_norm_partials_kernel, args, constexprs, table.device, n_chunks, settings,
                            cap=partials.numel())
     args[2] = grid

@@ -23,8 +23,8 @@ The same kernel, with constexpr switches, also finishes a norm without scaling
 import triton
 import triton.language as tl
 
-from .chunk_ops import CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, nan_max_reduce, unpack_chunk
-from .launch_settings import persistent_grid
+from .chunk_ops import CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, f64_from_bits, nan_max_reduce, unpack_chunk
+from .launch_settings import f64_bits, persistent_grid
 
 
 @triton.jit
@@ -43,7 +43,7 @@ def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.con
             chunk_rewrite(addr.to(tl.pointer_type(tl.float64)), n, full, a64, b64, OP, CHUNK, BLOCK)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_norm_bits", "inv_p_bits"])
 def _scale_kernel(
     table_ptr,  # int64 [2, n_chunks]: the same chunk table as the norm launch
     n_chunks,  # number of chunks in the table
@@ -52,8 +52,8 @@ def _scale_kernel(
     n_partials,  # number of partials (the norm launch's grid size)
     norm_ptr,  # 0-d norm: written by program 0 if FINISH_NORM, else read
     max_norm_ptr,  # 0-d threshold on the device, read if MAX_NORM_FROM_PTR
-    max_norm,  # the threshold as a scalar, used if not MAX_NORM_FROM_PTR
-    inv_p,  # 1 / p, used only when KIND is general
+    max_norm_bits,  # the threshold as float64 bits, used if not MAX_NORM_FROM_PTR
+    inv_p_bits,  # 1 / p as float64 bits, used only when KIND is general
     inv_scale_ptr,  # float32 [1]: GradScaler's 1/scale, read if UNSCALE
     found_inf_ptr,  # float32 [1]: GradScaler's found_inf, written (1.0 / 0.0) if UNSCALE
     KIND: tl.constexpr,  # P2, P1, PINF or PGENERAL (chunk_ops)
@@ -79,8 +79,8 @@ def _scale_kernel(
         elif KIND == P1 or KIND == PINF:
             norm64 = total
         else:
-            # total^(1/p) in fp32: log2/exp2 have no fp64 hardware path; ~1e-7 relative error
-            norm64 = tl.exp2(tl.log2(total.to(tl.float32)) * inv_p).to(tl.float64)
+            # total^(1/p) in float64 (software log2/exp2: one scalar per program, negligible)
+            norm64 = tl.exp2(tl.log2(total) * f64_from_bits(inv_p_bits))
         if UNSCALE:
             # a p-norm is homogeneous: ||g / s|| = ||g|| / s, exact for GradScaler's powers of 2.
             # Any inf/NaN element makes the scaled norm non-finite: that is GradScaler's found_inf.
@@ -98,7 +98,7 @@ def _scale_kernel(
         if MAX_NORM_FROM_PTR:
             threshold = tl.load(max_norm_ptr).to(NORM_DTYPE)
         else:
-            threshold = tl.cast(max_norm, NORM_DTYPE)
+            threshold = f64_from_bits(max_norm_bits).to(NORM_DTYPE)  # torch rounds a Python float the same way
         if NORM_FP64:
             coef = threshold / (norm + 1e-6)  # fp64 division is IEEE-rounded already
         else:
@@ -116,18 +116,18 @@ def _scale_kernel(
                          coef.to(tl.float32), coef.to(tl.float64), SCALE, CHUNK, BLOCK)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["clip_value_bits"])
 def _clamp_kernel(
     table_ptr,  # int64 [2, n_chunks]: chunk table
     n_chunks,  # number of chunks in the table
     n_programs,  # grid size
-    clip_value,  # clamp to [-clip_value, clip_value]
+    clip_value_bits,  # clamp to [-clip_value, clip_value]; float64 bits
     CHUNK: tl.constexpr,  # elements per full chunk
     BLOCK: tl.constexpr,  # elements per loop iteration
 ):
     """g <- clamp(g, -c, c) in place; reads and writes N bytes each."""
-    hi32 = tl.cast(clip_value, tl.float32)
-    hi64 = tl.cast(clip_value, tl.float64)
+    hi64 = f64_from_bits(clip_value_bits)
+    hi32 = hi64.to(tl.float32)
     _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK)
 
 
@@ -147,8 +147,8 @@ def launch_scale(table, n_chunks, partials, n_partials, norm, max_norm, p, kind,
     args = [
         table, n_chunks, 3, partials, n_partials, norm,
         max_norm if from_ptr else norm,  # any valid pointer when unused
-        0.0 if from_ptr else float(max_norm),
-        1.0 / p if p not in (0.0, float("inf")) else 1.0,
+        f64_bits(0.0 if from_ptr else max_norm),
+        f64_bits(1.0 / p if p not in (0.0, float("inf")) else 1.0),
         inv_scale if unscale else partials, found_inf if unscale else partials,
     ]
     # without a rewrite pass one program reduces the partials; with one, a persistent grid
@@ -161,7 +161,7 @@ def launch_scale(table, n_chunks, partials, n_partials, norm, max_norm, p, kind,
 def launch_clamp(table, n_chunks, clip_value, settings):
     """Launch the clamp kernel over ``table``."""
     constexprs = dict(CHUNK=settings.chunk, BLOCK=settings.block)
-    args = [table, n_chunks, 3, float(clip_value)]
+    args = [table, n_chunks, 3, f64_bits(clip_value)]
     grid = persistent_grid(_clamp_kernel, args, constexprs, table.device, n_chunks, settings,
                            cap=settings.max_programs)
     args[2] = grid
