@@ -212,6 +212,7 @@ def build(out_dir: str, previous_path: str | None = None, note: str = "", plot: 
     clip_body = [clip_cells(r) for r in rows]
     ov_body = [overhead_cells(o) for o in ov]
     tg_body = [[w, m, g, "yes" if ok else "**NO**"] for w, m, g, ok in tg]
+    tg_text = [[w, m, g, "yes" if ok else "NO"] for w, m, g, ok in tg]
     failures = [f["name"] for d in (clip, ov_doc) if d for f in d.get("failures", [])]
 
     md = [f"### fastclip vs torch.nn.utils.clip_grad_norm_ ({preset or '?'} sizes)", "", header(env, note), "",
@@ -234,7 +235,8 @@ def build(out_dir: str, previous_path: str | None = None, note: str = "", plot: 
         try:
             import plot as plot_mod
 
-            path = plot_mod.plot(rows, os.path.join(out_dir, "plot.png"), title=env.get("device", ""))
+            title = env.get("device", "") + (f"\n{note[:110]}" if note else "")
+            path = plot_mod.plot(rows, os.path.join(out_dir, "plot.png"), title=title)
             md += [f"![speedup and bandwidth]({os.path.basename(path)})", ""]
         except ImportError as exc:
             md += [f"(no plot: {exc})", ""]
@@ -243,7 +245,7 @@ def build(out_dir: str, previous_path: str | None = None, note: str = "", plot: 
     if ov_body:
         text += ["", "host overhead per call:", text_table(OVERHEAD_COLUMNS, ov_body)]
     if tg_body:
-        text += ["", "targets:", text_table(("what", "measured", "goal", "met"), tg_body)]
+        text += ["", "targets:", text_table(("what", "measured", "goal", "met"), tg_text)]
     if failures:
         text += ["", "FAILED cases: " + ", ".join(failures)]
     missed = sum(1 for *_, ok in tg if not ok)
