@@ -21,7 +21,7 @@ import torch
 from ._layout import flat_view
 from .kernels.launch_settings import NORM_INF, NORM_P2
 
-CPU_CHUNK = 1 << 18  # elements per chunk: 1 MiB as fp32, stays in cache; BLAS keeps it single-threaded
+CPU_CHUNK = 1 << 18  # elements per chunk: 1 MiB as fp32, stays in cache
 CPU_ROW = 4096  # row length for non-p=2 chunk norms: short enough for an accurate fp32 sum
 SMALL = 1 << 16  # tensors up to this many elements are concatenated before reducing
 

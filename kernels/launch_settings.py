@@ -11,6 +11,7 @@ in-place scale kernel, it would rescale the gradients once per config).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 
 import torch
@@ -69,10 +70,14 @@ def f64_bits(x: float) -> int:
     return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
 def max_grid(device: torch.device, settings: LaunchSettings) -> int:
     """Largest persistent grid on ``device``: the size of a plan's partials workspace."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    return max(1, min(sms * settings.programs_per_sm, settings.max_programs))
+    return max(1, min(_sm_count(device) * settings.programs_per_sm, settings.max_programs))
 
 
 def _resident_programs_per_sm(compiled, device: torch.device, num_warps: int) -> int:
@@ -102,8 +107,8 @@ def persistent_grid(kernel, args, constexprs: dict, device: torch.device, n_chun
     """
     per_sm = settings.programs_per_sm
     if device.type == "cuda":
-        key = (kernel.fn.__name__ if hasattr(kernel, "fn") else id(kernel), tuple(sorted(constexprs.items())),
-               settings.num_warps, device.index)
+        # constexprs come from the launchers as keyword dicts in a fixed order: no sorting needed
+        key = (id(kernel), tuple(constexprs.values()), settings.num_warps, device.index)
         resident = _resident.get(key)
         if resident is None:
             try:
@@ -113,7 +118,5 @@ def persistent_grid(kernel, args, constexprs: dict, device: torch.device, n_chun
                 resident = per_sm
             _resident[key] = resident
         per_sm = min(per_sm, resident)
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = 1  # the interpreter: a handful of programs, run one after another
-    return max(1, min(n_chunks, sms * per_sm, settings.max_programs, cap))
+    # the interpreter (CPU): one "SM", a handful of programs run one after another
+    return max(1, min(n_chunks, _sm_count(device) * per_sm, settings.max_programs, cap))
