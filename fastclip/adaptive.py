@@ -1,0 +1,664 @@
+r"""Stateful clippers: the threshold ``c`` comes from the history of gradient norms, on the device.
+
+Every clipper is called once per training step, between ``loss.backward()`` and
+``optimizer.step()``::
+
+    clipper = fastclip.ZClipper()
+    ...
+    loss.backward()
+    result = clipper(model.parameters())      # ClipResult of 0-d device tensors
+    optimizer.step()
+
+A step is :func:`fastclip.total_norm` (the norm launch), a few scalar tensor ops that update the
+policy's statistics and produce the threshold, then :func:`fastclip.clip_with_norm_` with that
+threshold as a 0-d device tensor (the scale launch reads it from device memory).  Everything the
+policy keeps (step count, sums, EMA mean and variance, norm history) lives in preallocated device
+tensors that are updated in place; nothing is ever read on the host.  So a step never synchronizes
+with the GPU, and (except where noted: ``PercentileClipper`` with unbounded history) runs the same
+kernels on the same buffers every step, which is what CUDA-graph capture needs.  On CUDA a step is
+three fastclip launches (norm partials, norm finish, scale) plus 15-30 one-element torch kernels
+for the policy; capture the step in a CUDA graph to make those free.
+
+Conventions shared by all policies:
+
+* The threshold of step ``t`` is computed before step ``t`` is clipped and is applied with torch's
+  rule ``coef = min(c / (norm + 1e-6), 1)``.  ``c = inf`` means "no clipping this step".
+* Non-finite norms never enter the statistics: a step whose norm is NaN or inf leaves the
+  clipper's state bitwise unchanged (it does not count as a step), whatever ``nonfinite`` says.
+* ``nonfinite`` picks what happens to the gradients of such a step:
+
+  - ``'propagate'`` (default): as torch, they are scaled by the NaN or 0 coefficient;
+  - ``'skip'``: the coefficient is 0 and ``result.found_inf`` is 1.0, on the device; hand that
+    flag to the optimizer (see :func:`step_if_finite`) so the step is skipped without a sync;
+  - ``'error'``: raise RuntimeError before touching gradients or state (this reads the norm on the
+    host: the one mode that synchronizes, as ``error_if_nonfinite=True``).
+
+* ``state_dict()`` / ``load_state_dict()`` save and restore every tensor bitwise: a resumed run
+  produces the same thresholds as an uninterrupted one.  ``load_state_dict`` copies into the
+  existing buffers when they exist, so a captured CUDA graph stays valid.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import torch
+
+from . import _inputs
+from .api import clip_with_norm_, total_norm
+
+__all__ = ["ClipResult", "Clipper", "FixedClipper", "MeanClipper", "PercentileClipper", "ZClipper",
+           "step_if_finite"]
+
+_NONFINITE_MODES = ("propagate", "skip", "error")
+_STAT = torch.float64  # statistics are kept in float64: sums over millions of steps stay exact enough
+
+
+class ClipResult(NamedTuple):
+    """What one clipper step did, as 0-d tensors on the gradients' device (never read on the host).
+
+    Attributes:
+        norm (Tensor): total norm of the gradients before clipping (float32; float64 for fp64 grads).
+        threshold (Tensor): the ``max_norm`` used this step, same dtype as ``norm``; ``inf`` when
+            the policy did not clip (e.g. during warm-up).
+        coef (Tensor): the factor the gradients were multiplied by, ``min(threshold / (norm +
+            1e-6), 1)`` (0 for a skipped non-finite step).
+        clipped (Tensor): bool, True when the gradients were rewritten (``coef < 1`` or NaN).
+        found_inf (Tensor): float32 1.0 if the norm was NaN or inf, else 0.0 (GradScaler's
+            ``found_inf`` convention).
+    """
+
+    norm: torch.Tensor
+    threshold: torch.Tensor
+    coef: torch.Tensor
+    clipped: torch.Tensor
+    found_inf: torch.Tensor
+
+
+def _check_number(value, name: str, *, low: float, low_ok: bool = True, high: float = math.inf,
+                  allow_inf: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    bad_low = value < low or (value == low and not low_ok)
+    if math.isnan(value) or bad_low or value > high or (math.isinf(value) and not allow_inf):
+        bound = ">=" if low_ok else ">"
+        raise ValueError(f"{name} must be {bound} {low}" + (f" and <= {high}" if high < math.inf else "")
+                         + f", got {value}")
+    return value
+
+
+def _check_int(value, name: str, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+class Clipper:
+    r"""Base class of the stateful clippers: norm, policy threshold, scale, all on the device.
+
+    A subclass implements :meth:`_new_state` (the preallocated device buffers) and
+    :meth:`_threshold` (this step's threshold from the state and the norm, updating the state in
+    place, with tensor ops only: no ``.item()``, no ``bool(tensor)``, no Python ``if`` on tensor
+    values).  The base class does the rest.
+
+    Args:
+        norm_type (float or str, optional): order of the norm, as in :func:`fastclip.clip_`.
+            Default: 2.0
+        nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'`` (module docstring).
+            Default: ``'propagate'``
+    """
+
+    def __init__(self, *, norm_type=2.0, nonfinite: str = "propagate"):
+        _inputs.parse_norm_type(norm_type)  # validate now, not at the first step
+        if nonfinite not in _NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {', '.join(map(repr, _NONFINITE_MODES))}, got {nonfinite!r}")
+        self.norm_type = norm_type
+        self.nonfinite = nonfinite
+        self._state: dict[str, torch.Tensor] | None = None  # allocated at the first step, on its device
+
+    # ----------------------------------------------------------------------------------------
+    # what a policy provides
+    def _new_state(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _threshold(self, state: dict, norm: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        """This step's threshold (0-d float64); updates ``state`` in place, only where ``finite``."""
+        raise NotImplementedError
+
+    def _config(self) -> dict:
+        return {}
+
+    def _before_step(self) -> None:
+        """Host-side hook run before each step (no tensor reads); default: nothing."""
+
+    # ----------------------------------------------------------------------------------------
+    def _state_on(self, device: torch.device) -> dict:
+        if self._state is None:
+            self._state = self._new_state(device)
+        elif any(t.device != device for t in self._state.values()):
+            # e.g. a state loaded on the CPU, first used on the GPU: one copy, before any capture
+            self._state = {k: t.to(device) for k, t in self._state.items()}
+        return self._state
+
+    def __call__(self, parameters, *, per_tensor: bool = False):
+        r"""Clip the gradients of ``parameters`` in place with this step's threshold.
+
+        Args:
+            parameters (Iterable[Tensor] or Tensor): tensors whose ``.grad`` will be clipped;
+                ``None`` grads are skipped.
+            per_tensor (bool, optional): also return each gradient's norm before clipping, from
+                the same norm launch (as ``fastclip.total_norm(..., per_tensor=True)``), e.g. for
+                :class:`fastclip.monitor.NormRecorder`. Default: False
+
+        Returns:
+            ClipResult: ``(norm, threshold, coef, clipped, found_inf)``, 0-d tensors on the
+            gradients' device; with ``per_tensor=True``, a tuple ``(result, norms)`` with
+            ``norms`` 1-D in gradient order.  With no gradients at all: norm 0 and coef 1 on the
+            CPU, and the state is left untouched.
+        """
+        with torch.no_grad():
+            return self._step(parameters, per_tensor)
+
+    def _step(self, parameters, per_tensor: bool):
+        params = _inputs.as_tensor_list(parameters)
+        grads = _inputs.grads_of(params)
+        if not grads:
+            zero = torch.tensor(0.0)
+            result = ClipResult(zero, torch.tensor(math.inf), torch.tensor(1.0), torch.tensor(False), zero.clone())
+            return (result, torch.zeros(0)) if per_tensor else result
+        if per_tensor:
+            norm, norms = total_norm(grads, self.norm_type, per_tensor=True)
+        else:
+            norm = total_norm(grads, self.norm_type)
+        finite = torch.isfinite(norm)
+        if self.nonfinite == "error" and not bool(finite):  # the one mode that reads the device
+            raise _inputs.nonfinite_error(_inputs.parse_norm_type(self.norm_type)[0])
+        self._before_step()
+        state = self._state_on(norm.device)
+        threshold = self._threshold(state, norm.to(_STAT), finite).to(norm.dtype)
+        if self.nonfinite == "skip":
+            # coef = 0 / (1 + 1e-6) = 0 exactly; where() passes finite values through bitwise
+            scale_threshold = torch.where(finite, threshold, 0.0)
+            scale_norm = torch.where(finite, norm, 1.0)
+        else:
+            scale_threshold, scale_norm = threshold, norm
+        clip_with_norm_(params, scale_threshold, scale_norm)
+        coef = torch.clamp(scale_threshold / (scale_norm + 1e-6), max=1.0)  # what the scale launch used
+        clipped = torch.logical_not(coef >= 1.0)  # NaN coefficients rewrite the gradients too
+        found_inf = torch.logical_not(finite).to(torch.float32)
+        result = ClipResult(norm, threshold, coef, clipped, found_inf)
+        return (result, norms) if per_tensor else result
+
+    # ----------------------------------------------------------------------------------------
+    def _host_state(self) -> dict:
+        return {}
+
+    def _load_host_state(self, host: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """The clipper's state: policy name, hyper-parameters and copies of its device tensors.
+
+        Returns:
+            dict: ``{'policy', 'config', 'state', 'host'}``; ``state`` is empty before the first step.
+        """
+        state = {} if self._state is None else {k: t.detach().clone() for k, t in self._state.items()}
+        return {"policy": type(self).__name__, "config": self._config(), "state": state,
+                "host": self._host_state()}
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True) -> None:
+        """Restore a state from :meth:`state_dict`; later thresholds are bitwise those of the saved run.
+
+        Args:
+            state_dict (dict): from :meth:`state_dict` of the same policy.
+            strict (bool, optional): raise ValueError if the saved hyper-parameters differ from
+                this clipper's (the thresholds would then differ too). Default: True
+
+        Raises:
+            ValueError: another policy, different hyper-parameters (with ``strict``), or missing tensors.
+        """
+        if state_dict.get("policy") != type(self).__name__:
+            raise ValueError(f"state_dict is for {state_dict.get('policy')!r}, not {type(self).__name__!r}")
+        mine, theirs = self._config(), state_dict.get("config", {})
+        if strict and mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"{type(self).__name__}.load_state_dict: saved hyper-parameters differ in "
+                             f"{', '.join(diff)} (saved {theirs}, this clipper {mine}); "
+                             f"pass strict=False to load anyway")
+        saved = state_dict.get("state", {})
+        self._load_host_state(state_dict.get("host", {}))
+        if not saved:
+            self._state = None
+            return
+        if self._state is not None and set(saved) != set(self._state):
+            raise ValueError(f"state_dict holds tensors {sorted(saved)}, expected {sorted(self._state)}")
+        if self._state is None or any(saved[k].shape != t.shape for k, t in self._state.items()):
+            self._state = {k: t.detach().clone() for k, t in saved.items()}
+            return
+        for k, t in self._state.items():  # in place: buffers keep their addresses (CUDA graphs)
+            t.copy_(saved[k])
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class FixedClipper(Clipper):
+    r"""Clip to a fixed threshold ``c``: :func:`fastclip.clip_` behind the stateful interface.
+
+    .. math::
+        g \leftarrow g \cdot \min\Big(\frac{c}{\|g\| + 10^{-6}},\ 1\Big)
+
+    Args:
+        max_norm (float): the threshold c >= 0.
+        norm_type (float or str, optional): order of the norm. Default: 2.0
+        nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'``. Default: ``'propagate'``
+
+    Example::
+
+        >>> import torch, fastclip
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> w.grad = torch.tensor([3.0, 4.0])
+        >>> clipper = fastclip.FixedClipper(1.0)
+        >>> r = clipper([w])
+        >>> r.norm, r.threshold, bool(r.clipped)
+        (tensor(5.), tensor(1.), True)
+        >>> w.grad
+        tensor([0.6000, 0.8000])
+
+    References:
+        Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
+        ICML 2013 (arXiv 1211.5063).
+    """
+
+    def __init__(self, max_norm: float, *, norm_type=2.0, nonfinite: str = "propagate"):
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+        self.max_norm = _check_number(max_norm, "max_norm", low=0.0, allow_inf=True)
+
+    def _config(self) -> dict:
+        return {"max_norm": self.max_norm}
+
+    def _new_state(self, device):
+        return {"threshold": torch.full((), self.max_norm, dtype=_STAT, device=device)}
+
+    def _threshold(self, state, norm, finite):
+        return state["threshold"]
+
+
+class MeanClipper(Clipper):
+    r"""Warm up, then clip to ``factor`` times the mean gradient norm.
+
+    Pascanu et al. (2013): "a good heuristic for setting this threshold is to look at statistics
+    on the average norm over a sufficiently large number of updates".  For the first
+    ``warmup_steps`` steps (counting steps with a finite norm) the threshold is
+    ``warmup_max_norm`` (None: no clipping) and the norms are averaged; then
+
+    .. math::
+        c_t = \text{factor} \cdot \text{mean}_s \min(\|g_s\|, c_s)
+
+    (:math:`c_s = \infty` while warming up without ``warmup_max_norm``, so warm-up norms enter as
+    they are).  Which norms the mean covers:
+
+    * ``running=False`` (default): the warm-up norms only.  The threshold is set once, at the end
+      of the warm-up, and then fixed: the seed's advice ("train a little, look at the norms,
+      start from their mean") as a policy.  Spikes after the warm-up can't move it.
+    * ``running=True``: every norm so far, warm-up and after, each counted *after clipping*,
+      :math:`\min(\|g_s\|, c_s)`: a spike can raise the mean by at most
+      :math:`\text{factor} \cdot c_s / t`, so exploding steps don't drag the threshold up with
+      them, and a slow change of the typical norm is followed.  Because clipped norms enter at
+      :math:`c_s`, the mean of a noisy norm sits below the threshold: with ``factor`` <= 1 the
+      threshold keeps creeping down (at rate 1/t) towards the low end of the norm distribution;
+      use ``factor`` >= 1.5 for a level that tracks the norm.
+
+    The sum and the count are float64 / int64 device tensors.
+
+    Args:
+        warmup_steps (int): steps (>= 1) averaged before the mean is used.
+        factor (float, optional): multiplier of the mean (> 0). Default: 1.0
+        warmup_max_norm (float, optional): threshold during warm-up; None = no clipping. Default: None
+        running (bool, optional): keep averaging after the warm-up (see above). Default: False
+        norm_type (float or str, optional): order of the norm. Default: 2.0
+        nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'``. Default: ``'propagate'``
+
+    Example::
+
+        >>> import torch, fastclip
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> clipper = fastclip.MeanClipper(warmup_steps=2)
+        >>> for g in [1.0, 3.0, 10.0]:
+        ...     w.grad = torch.tensor([g])
+        ...     r = clipper([w])
+        >>> r.threshold, w.grad          # mean of 1 and 3
+        (tensor(2.), tensor([2.0000]))
+
+    References:
+        Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
+        ICML 2013 (arXiv 1211.5063), section 3.2.
+    """
+
+    def __init__(self, warmup_steps: int, factor: float = 1.0, warmup_max_norm: float | None = None, *,
+                 running: bool = False, norm_type=2.0, nonfinite: str = "propagate"):
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+        self.warmup_steps = _check_int(warmup_steps, "warmup_steps", low=1)
+        self.factor = _check_number(factor, "factor", low=0.0, low_ok=False)
+        self.warmup_max_norm = (None if warmup_max_norm is None
+                                else _check_number(warmup_max_norm, "warmup_max_norm", low=0.0, allow_inf=True))
+        self.running = bool(running)
+
+    def _config(self) -> dict:
+        return {"warmup_steps": self.warmup_steps, "factor": self.factor, "warmup_max_norm": self.warmup_max_norm,
+                "running": self.running}
+
+    def _new_state(self, device):
+        return {"count": torch.zeros((), dtype=torch.int64, device=device),
+                "sum": torch.zeros((), dtype=_STAT, device=device)}
+
+    def _threshold(self, state, norm, finite):
+        count, total = state["count"], state["sum"]
+        warm = math.inf if self.warmup_max_norm is None else self.warmup_max_norm
+        warming = count < self.warmup_steps
+        averaged = count if self.running else torch.clamp(count, max=self.warmup_steps)
+        mean = total / torch.clamp(averaged, min=1)
+        threshold = torch.where(warming, warm, mean * self.factor)
+        add = finite if self.running else finite & warming
+        total.add_(torch.where(add, torch.minimum(norm, threshold), 0.0))
+        count.add_(finite)
+        return threshold
+
+
+class PercentileClipper(Clipper):
+    r"""AutoClip: clip to the p-th percentile of the history of gradient norms.
+
+    At each step the current norm is appended to the history, then (Seetharaman et al. 2020,
+    Algorithm 1, reference code ``np.percentile(grad_history, p)``)
+
+    .. math::
+        c_t = \text{percentile}_p\big(\|g_1\|, \dots, \|g_t\|\big)
+
+    with numpy's default (linear) interpolation, computed on the device: the history lives in a
+    preallocated buffer padded with +inf, which is sorted each step (the finite norms come first),
+    and the two neighbouring order statistics are gathered at device-computed ranks.  No host read.
+    As in the reference code (which calls ``torch.nn.utils.clip_grad_norm_``), a norm that is
+    itself the percentile (e.g. the first step) is scaled by ``norm / (norm + 1e-6)``.
+
+    Two history modes:
+
+    * ``window=N``: the last N finite norms, in a fixed ring buffer.  Constant cost per step
+      (a sort of N values), fixed buffers: CUDA-graph capturable.
+    * ``window=None`` (AutoClip's unbounded history): every finite norm since the start.  The
+      buffer grows by doubling from ``capacity``, decided on the host from the number of calls (an
+      upper bound of the number of recorded norms, known without reading the device), so growth
+      never syncs; only the filled prefix is sorted.  Memory is 8 bytes per step (8 MB per million
+      steps) and cost is O(t log t) per step, as the reference's O(t) per-step percentile.  The
+      buffer's address and the sorted length change, so this mode can't be captured in a CUDA graph.
+
+    Args:
+        percentile (float, optional): p in [0, 100]; the AutoClip paper recommends 10. Default: 10.0
+        window (int, optional): keep only the last ``window`` norms; None = unbounded. Default: None
+        capacity (int, optional): initial buffer length for the unbounded history. Default: 1024
+        norm_type (float or str, optional): order of the norm. Default: 2.0
+        nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'``. Default: ``'propagate'``
+
+    Example::
+
+        >>> import torch, fastclip
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> clipper = fastclip.PercentileClipper(percentile=50)
+        >>> for g in [1.0, 2.0, 3.0, 100.0]:
+        ...     w.grad = torch.tensor([g])
+        ...     r = clipper([w])
+        >>> r.threshold, w.grad          # median of 1, 2, 3, 100
+        (tensor(2.5000), tensor([2.5000]))
+
+    References:
+        Seetharaman, Wichern, Pardo & Le Roux, "AutoClip: Adaptive Gradient Clipping for Source
+        Separation Networks", MLSP 2020 (arXiv 2007.14469); reference code
+        https://github.com/pseeth/autoclip/blob/7de6a2fc43553eace2daf384301a712808a98b01/autoclip.py
+    """
+
+    def __init__(self, percentile: float = 10.0, window: int | None = None, *, capacity: int = 1024,
+                 norm_type=2.0, nonfinite: str = "propagate"):
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+        self.percentile = _check_number(percentile, "percentile", low=0.0, high=100.0)
+        self.window = None if window is None else _check_int(window, "window", low=1)
+        self.capacity = _check_int(capacity, "capacity", low=1)
+        self._calls = 0  # host-side count of steps: bounds the number of recorded norms, no sync
+
+    def _config(self) -> dict:
+        return {"percentile": self.percentile, "window": self.window}
+
+    def _host_state(self) -> dict:
+        return {"calls": self._calls}
+
+    def _load_host_state(self, host: dict) -> None:
+        self._calls = int(host.get("calls", 0))
+
+    def _new_state(self, device):
+        length = self.window if self.window is not None else max(self.capacity, self._calls + 1)
+        return {"history": torch.full((length,), math.inf, dtype=_STAT, device=device),
+                "count": torch.zeros((), dtype=torch.int64, device=device)}
+
+    def _before_step(self) -> None:
+        self._calls += 1
+        if self.window is None and self._state is not None and self._state["history"].numel() < self._calls:
+            # unbounded history: double on the host's count, a device-to-device copy, no sync
+            old = self._state["history"]
+            grown = torch.full((2 * old.numel(),), math.inf, dtype=_STAT, device=old.device)
+            grown[: old.numel()].copy_(old)
+            self._state["history"] = grown
+
+    def _threshold(self, state, norm, finite):
+        history, count = state["history"], state["count"]
+        length = history.numel()
+        pos = torch.remainder(count, length).reshape(1)  # ring position (== count when unbounded)
+        # append the current norm (rewrite the old value when it is not finite: state unchanged)
+        history.scatter_(0, pos, torch.where(finite, norm, history.gather(0, pos)).reshape(1))
+        count.add_(finite)
+        n = torch.clamp(count, max=length)  # number of recorded norms
+        # unbounded: the recorded norms are in the first `_calls` slots; sort only those
+        live = history if self.window is not None else history[: min(self._calls, length)]
+        ordered = torch.sort(live).values  # +inf padding sorts last
+        # numpy 'linear': virtual index (n - 1) * p / 100, lerp between its floor and ceil neighbours
+        index = (n - 1).to(_STAT) * (self.percentile / 100.0)
+        lo = torch.floor(index)
+        t = index - lo
+        last = torch.clamp(n - 1, min=0)
+        lo_i = torch.minimum(torch.clamp(lo.to(torch.int64), min=0), last)
+        hi_i = torch.minimum(lo_i + 1, last)
+        a = ordered.gather(0, lo_i.reshape(1)).reshape(())
+        b = ordered.gather(0, hi_i.reshape(1)).reshape(())
+        diff = b - a
+        # numpy's _lerp: from the nearer end, so that t = 1 gives b exactly
+        value = torch.where(t >= 0.5, b - diff * (1.0 - t), a + diff * t)
+        return torch.where(n > 0, value, math.inf)  # empty history (first norm non-finite): no clipping
+
+
+class ZClipper(Clipper):
+    r"""ZClip: z-score spike clipping on EMA statistics of the gradient norm (Kumar et al. 2025).
+
+    Implements the official code's default mode, ``mode='zscore'`` with
+    ``clip_option='adaptive_scaling'`` (``clip_option='mean'`` is available too); ZClip's
+    ``'percentile'`` mode is not implemented.  With :math:`g_t` the norm of step t:
+
+    * warm-up: the first ``warmup_steps`` norms are collected; after the last one,
+      :math:`\mu` = their mean and :math:`\sigma^2` = their (population) variance.  During
+      warm-up the threshold is ``max_norm`` (None: no clipping).
+    * then, with :math:`\sigma = \sqrt{\sigma^2}` and :math:`z_t = (g_t - \mu)/(\sigma + \epsilon)`:
+      if :math:`z_t > z_\text{thresh}` the step is a spike and
+
+      .. math::
+          c_t = \text{clip\_factor} \cdot \Big(\mu + \frac{z_\text{thresh}\,\sigma}{z_t / z_\text{thresh}}\Big)
+          \quad (\text{adaptive\_scaling}), \qquad c_t = \mu \quad (\text{mean})
+
+      otherwise :math:`c_t = \infty` (not clipped).  With ``max_norm``, :math:`c_t \leftarrow
+      \min(c_t, \text{max\_norm})` (the official ``max_grad_norm``).
+    * the EMA is updated with :math:`u_t = c_t` (before the ``max_norm`` cap) for a spike, else
+      :math:`u_t = g_t` (skipped for spikes if ``skip_update_on_spike``), as in the official code:
+
+      .. math::
+          \mu \leftarrow \alpha\mu + (1-\alpha)u_t, \qquad
+          \sigma^2 \leftarrow \alpha\sigma^2 + (1-\alpha)(u_t - \mu)^2
+
+      where the variance uses the *updated* mean, as the official ``_update_ema`` does.
+
+    Differences from the official class: ``max_norm`` defaults to None (theirs to 1.0, a fixed cap
+    on top of ZClip), non-finite norms are not recorded (see the module docstring), and the
+    statistics are float64 device tensors instead of Python floats.
+
+    Args:
+        alpha (float, optional): EMA smoothing factor in (0, 1). Default: 0.97
+        z_thresh (float, optional): z-score above which a norm is a spike (> 0). Default: 2.5
+        warmup_steps (int, optional): steps (>= 1) collected before the EMA starts. Default: 25
+        clip_option (str, optional): ``'adaptive_scaling'`` or ``'mean'``. Default: ``'adaptive_scaling'``
+        clip_factor (float, optional): multiplier of the adaptive threshold. Default: 1.0
+        max_norm (float, optional): fixed cap, also applied during warm-up. Default: None
+        skip_update_on_spike (bool, optional): don't update the EMA on spikes. Default: False
+        eps (float, optional): added to sigma in the z-score. Default: 1e-6
+        norm_type (float or str, optional): order of the norm. Default: 2.0
+        nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'``. Default: ``'propagate'``
+
+    Example::
+
+        >>> import torch, fastclip
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> clipper = fastclip.ZClipper(warmup_steps=4)
+        >>> for g in [1.0, 1.2, 0.8, 1.0, 1.1, 50.0]:
+        ...     w.grad = torch.tensor([g])
+        ...     r = clipper([w])
+        >>> bool(r.clipped), round(float(r.threshold), 3)
+        (True, 1.006)
+
+    References:
+        Kumar, Owen, Roy Chowdhury & Güra, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training",
+        arXiv 2504.02507 (2025).  Update rule followed: the official implementation,
+        https://github.com/bluorion-com/ZClip/blob/134344fc622f4e34359caa03822a332d08734cd4/zclip.py
+        (``_initialize_ema``, ``_update_ema``, ``_compute_zscore``, ``_compute_clip_val``, ``step``),
+        with ``clip_factor`` and ``skip_update_on_spike`` as added in
+        https://github.com/bluorion-com/ZClip/blob/1acb0857675f30bbb2427e90253702a1da31bcea/zclip/zclip.py
+    """
+
+    def __init__(self, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int = 25, *,
+                 clip_option: str = "adaptive_scaling", clip_factor: float = 1.0, max_norm: float | None = None,
+                 skip_update_on_spike: bool = False, eps: float = 1e-6, norm_type=2.0, nonfinite: str = "propagate"):
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+        self.alpha = _check_number(alpha, "alpha", low=0.0, low_ok=False, high=1.0)
+        if self.alpha == 1.0:
+            raise ValueError("alpha must be < 1 (alpha = 1 never updates the statistics)")
+        self.z_thresh = _check_number(z_thresh, "z_thresh", low=0.0, low_ok=False)
+        self.warmup_steps = _check_int(warmup_steps, "warmup_steps", low=1)
+        if clip_option not in ("adaptive_scaling", "mean"):
+            raise ValueError(f"clip_option must be 'adaptive_scaling' or 'mean', got {clip_option!r}")
+        self.clip_option = clip_option
+        self.clip_factor = _check_number(clip_factor, "clip_factor", low=0.0, low_ok=False)
+        self.max_norm = None if max_norm is None else _check_number(max_norm, "max_norm", low=0.0, allow_inf=True)
+        self.skip_update_on_spike = bool(skip_update_on_spike)
+        self.eps = _check_number(eps, "eps", low=0.0)
+
+    def _config(self) -> dict:
+        return {"alpha": self.alpha, "z_thresh": self.z_thresh, "warmup_steps": self.warmup_steps,
+                "clip_option": self.clip_option, "clip_factor": self.clip_factor, "max_norm": self.max_norm,
+                "skip_update_on_spike": self.skip_update_on_spike, "eps": self.eps}
+
+    def _new_state(self, device):
+        return {"count": torch.zeros((), dtype=torch.int64, device=device),
+                "warmup": torch.zeros(self.warmup_steps, dtype=_STAT, device=device),
+                "mean": torch.zeros((), dtype=_STAT, device=device),
+                "var": torch.zeros((), dtype=_STAT, device=device)}
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        """EMA mean of the norm (0-d float64 device tensor; meaningless before warm-up ends)."""
+        return None if self._state is None else self._state["mean"]
+
+    @property
+    def std(self) -> torch.Tensor | None:
+        """EMA standard deviation of the norm (0-d float64 device tensor)."""
+        return None if self._state is None else torch.sqrt(self._state["var"])
+
+    def _threshold(self, state, norm, finite):
+        count, buf, mean, var = state["count"], state["warmup"], state["mean"], state["var"]
+        warming = count < self.warmup_steps
+        # warm-up: store the norm at slot `count` (rewrite the slot when not recording)
+        slot = torch.clamp(count, max=self.warmup_steps - 1).reshape(1)
+        record = warming & finite
+        buf.scatter_(0, slot, torch.where(record, norm, buf.gather(0, slot)).reshape(1))
+        init = record & (count == self.warmup_steps - 1)  # this norm completes the warm-up
+        init_mean = buf.mean()
+        init_var = torch.square(buf - init_mean).mean()
+        # z-score phase, on the statistics of the previous steps
+        active = torch.logical_not(warming) & finite
+        std = torch.sqrt(var)
+        z = (norm - mean) / (std + self.eps)
+        spike = active & (z > self.z_thresh)
+        if self.clip_option == "adaptive_scaling":
+            clip_val = (mean + (self.z_thresh * std) / (z / self.z_thresh)) * self.clip_factor
+        else:
+            clip_val = mean
+        threshold = torch.where(spike, clip_val, math.inf)
+        if self.max_norm is not None:
+            threshold = torch.clamp(threshold, max=self.max_norm)
+        update = active if not self.skip_update_on_spike else active & torch.logical_not(spike)
+        u = torch.where(spike, clip_val, norm)
+        new_mean = mean * self.alpha + u * (1.0 - self.alpha)
+        new_var = var * self.alpha + torch.square(u - new_mean) * (1.0 - self.alpha)
+        mean.copy_(torch.where(init, init_mean, torch.where(update, new_mean, mean)))
+        var.copy_(torch.where(init, init_var, torch.where(update, new_var, var)))
+        count.add_(finite)
+        return threshold
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor, *args, **kwargs):
+    r"""Run ``optimizer.step()`` unless ``found_inf`` is 1 — on the device for fused optimizers.
+
+    Fused torch optimizers (``torch.optim.Adam/AdamW/SGD/Adagrad(..., fused=True)``, CUDA and
+    CPU) read a ``found_inf`` tensor inside their kernel and skip the whole update (parameters,
+    moments and step count) when it is 1: the protocol :class:`torch.amp.GradScaler` uses.  This
+    sets it for one step: no host sync.  Other optimizers have no device-side skip; for them the
+    flag is read on the host (one sync, the same one ``GradScaler.step`` pays) and ``step()`` is
+    called only if it is 0.
+
+    Combine with a GradScaler's flag by ``torch.maximum(result.found_inf, other_found_inf)``.
+    Caveat (torch 2.13): fused SGD with momentum leaves its momentum buffer uninitialised when the
+    very first step is skipped; fused Adam/AdamW are exact.
+
+    Args:
+        optimizer (torch.optim.Optimizer): the optimizer to step.
+        found_inf (Tensor): 0-d float 0./1. flag, e.g. ``ClipResult.found_inf``.
+        *args, **kwargs: passed to ``optimizer.step``.
+
+    Returns:
+        whatever ``optimizer.step`` returns (None when a non-fused step is skipped).
+
+    Example::
+
+        >>> import torch, fastclip
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.Adam([w], lr=0.1, fused=True)
+        >>> clipper = fastclip.FixedClipper(1.0, nonfinite="skip")
+        >>> w.grad = torch.tensor([float("nan"), 1.0])
+        >>> r = clipper([w])
+        >>> fastclip.step_if_finite(opt, r.found_inf)
+        >>> w
+        Parameter containing:
+        tensor([1., 1.], requires_grad=True)
+    """
+    fused = getattr(optimizer, "_step_supports_amp_scaling", False) and all(
+        group.get("fused") for group in optimizer.param_groups)
+    if not fused:
+        if bool(found_inf):  # host read: non-fused optimizers have no device-side skip
+            return None
+        return optimizer.step(*args, **kwargs)
+    saved = {name: getattr(optimizer, name) for name in ("found_inf", "grad_scale") if hasattr(optimizer, name)}
+    optimizer.found_inf, optimizer.grad_scale = found_inf.to(torch.float32), None
+    try:
+        return optimizer.step(*args, **kwargs)
+    finally:
+        for name in ("found_inf", "grad_scale"):  # leave the optimizer as it was (GradScaler does the same)
+            if name in saved:
+                setattr(optimizer, name, saved[name])
+            else:
+                delattr(optimizer, name)
