@@ -500,7 +500,11 @@ def test_exploding_gradients_demo_smoke_run(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("exploding_gradients", ROOT / "examples" / "exploding_gradients.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    runs = demo.main([str(tmp_path), "--steps", "6", "--length", "8", "--warmup", "2"])
+    threads = torch.get_num_threads()
+    try:
+        runs = demo.main([str(tmp_path), "--steps", "6", "--length", "8", "--warmup", "2"])
+    finally:
+        torch.set_num_threads(threads)  # main() sets it for the run
     assert [r["kind"] for r in runs] == ["none", "fixed", "autoclip"]
     assert {p.name for p in tmp_path.iterdir()} == {"exploding_gradients.png", "norms_none.png", "norms_fixed.png",
                                                      "norms_autoclip.png"}
