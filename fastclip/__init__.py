@@ -3,9 +3,14 @@
 A drop-in for ``torch.nn.utils.clip_grad_norm_`` and friends.  Importing fastclip never imports
 triton; the Triton path is chosen per device at call time (see ``FASTCLIP_BACKEND`` in README).
 """
-from . import amp
+from . import amp, monitor
 from ._dispatch import clear_cache
+from .adaptive import ClipResult, Clipper, FixedClipper, MeanClipper, PercentileClipper, ZClipper, step_if_finite
 from .api import clip_, clip_value_, clip_with_norm_, total_norm
 
 __version__ = "0.1.0"
-__all__ = ["clip_", "total_norm", "clip_with_norm_", "clip_value_", "clear_cache", "amp"]
+__all__ = [
+    "clip_", "total_norm", "clip_with_norm_", "clip_value_", "clear_cache", "amp",
+    "ClipResult", "Clipper", "FixedClipper", "MeanClipper", "PercentileClipper", "ZClipper", "step_if_finite",
+    "monitor",
+]
