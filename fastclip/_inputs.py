@@ -114,6 +114,12 @@ def is_dtensor(t) -> bool:
     return type(t) is not torch.Tensor and type(t).__name__ == "DTensor"
 
 
+def has_dtensor(tensors) -> bool:
+    """True if any item is a DTensor; one C-level pass over the types (this is on the hot path)."""
+    types = set(map(type, tensors))
+    return types != {torch.Tensor} and any(t.__name__ == "DTensor" for t in types)
+
+
 def result_dtype(grads: list) -> torch.dtype:
     """Returned norm dtype: float64 if any grad is float64, else float32 (never a half type)."""
     return torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32

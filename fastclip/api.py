@@ -6,6 +6,7 @@ import functools
 import torch
 
 from . import _inputs, _torch_backend
+from . import custom_op as _custom_op
 from ._dispatch import route
 
 __all__ = ["clip_", "total_norm", "clip_with_norm_", "clip_value_"]
@@ -70,7 +71,7 @@ def _clip_with_norm(works, grads, max_norm, norm) -> None:
 
 def _sharded(grads, group) -> bool:
     # DTensor grads (FSDP2, tensor parallel) or an explicit process group: fastclip.distributed
-    return group is not None or (bool(grads) and _inputs.is_dtensor(grads[0]))
+    return group is not None or _inputs.has_dtensor(grads)
 
 
 def _per_tensor_norms(works, grads, p, kind, norm_dtype) -> torch.Tensor:
@@ -174,6 +175,9 @@ def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach
         Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
         ICML 2013 (arXiv 1211.5063).
     """
+    if _custom_op.is_compiling():  # torch.compile: one opaque op node, no graph break
+        return _custom_op.clip_(parameters, max_norm, norm_type, error_if_nonfinite, foreach, group=group,
+                                per_tensor=per_tensor)
     parameters = _inputs.as_tensor_list(parameters)
     grads = _inputs.grads_of(parameters)
     try:
@@ -211,6 +215,9 @@ def total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *
         >>> fastclip.total_norm([torch.tensor([3.0]), torch.tensor([4.0])])
         tensor(5.)
     """
+    if _custom_op.is_compiling():
+        return _custom_op.total_norm(tensors, norm_type, error_if_nonfinite, foreach, group=group,
+                                     per_tensor=per_tensor)
     tensors = _inputs.as_tensor_list(tensors, "tensors")
     p, kind = _inputs.parse_norm_type(norm_type)
     _inputs.check_foreach(foreach)
@@ -262,6 +269,8 @@ def clip_with_norm_(parameters, max_norm, total_norm, foreach=None) -> None:
         >>> w.grad
         tensor([0.6000, 0.8000])
     """
+    if _custom_op.is_compiling():
+        return _custom_op.clip_with_norm_(parameters, max_norm, total_norm, foreach)
     parameters = _inputs.as_tensor_list(parameters)
     grads = _inputs.grads_of(parameters)
     max_norm = _inputs.check_threshold(max_norm, "max_norm")
@@ -272,6 +281,11 @@ def clip_with_norm_(parameters, max_norm, total_norm, foreach=None) -> None:
         raise ValueError(f"total_norm must be a one-element floating-point Tensor, got shape "
                          f"{tuple(total_norm.shape)} and dtype {total_norm.dtype}")
     if not grads:
+        return None
+    if _inputs.has_dtensor(grads):
+        from . import distributed
+
+        distributed.clip_with_norm_sharded_(grads, max_norm, total_norm)
         return None
     _clip_with_norm(_route_naming_parameters(grads, parameters), grads, max_norm, total_norm.reshape(()))
     return None
@@ -299,6 +313,8 @@ def clip_value_(parameters, clip_value, foreach=None) -> None:
         >>> w.grad
         tensor([-1.0000,  0.5000,  1.0000])
     """
+    if _custom_op.is_compiling():
+        return _custom_op.clip_value_(parameters, clip_value, foreach)
     parameters = _inputs.as_tensor_list(parameters)
     grads = _inputs.grads_of(parameters)
     if isinstance(clip_value, torch.Tensor):
