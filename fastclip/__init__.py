@@ -1,7 +1,8 @@
 """fastclip: gradient clipping by global norm in two Triton kernel launches.
 
-A drop-in for ``torch.nn.utils.clip_grad_norm_`` and friends.  Importing fastclip never imports
-triton; the Triton path is chosen per device at call time (see ``FASTCLIP_BACKEND`` in README).
+A drop-in for ``torch.nn.utils.clip_grad_norm_`` and friends.  fastclip imports and runs without
+triton (plain PyTorch); its own kernels are imported on the first Triton call, and the backend is
+chosen per device at call time (see ``FASTCLIP_BACKEND`` in README).
 """
 from . import amp, custom_op, distributed, monitor, patch  # noqa: F401  (custom_op registers the torch ops)
 from ._dispatch import clear_cache
