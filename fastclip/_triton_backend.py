@@ -69,16 +69,21 @@ def per_tensor_norms(plan, p: float, kind: int, norm_dtype: torch.dtype) -> torc
 
 
 def clip(work, grads: list, max_norm, p: float, kind: int, norm_dtype: torch.dtype, *,
-         per_tensor: bool = False, inv_scale=None, found_inf=None):
+         per_tensor: bool = False, inv_scale=None, found_inf=None, reduce_partials=None):
     """The two launches: norm partials, then reduce + clip. Returns the 0-d norm.
 
     With ``per_tensor`` returns (norm, per-tensor norms). With GradScaler's ``inv_scale`` and
-    ``found_inf`` the grads are unscaled in the same pass (fused AMP step).
+    ``found_inf`` the grads are unscaled in the same pass (fused AMP step). With
+    ``reduce_partials(partials, n, size) -> (partials, n)`` the partials are combined across
+    ranks between the two launches (sharded gradients: every rank then scales by the global norm).
     """
     plan, pairs = _plan_for(work, grads)
     n_partials = _norm_launch(plan, p, kind, per_tensor)
+    partials = plan.partials
+    if reduce_partials is not None:
+        partials, n_partials = reduce_partials(partials, n_partials, plan.settings.max_programs)
     norm = torch.empty((), dtype=norm_dtype, device=plan.device)
-    launch_scale(plan.table, plan.n_chunks, plan.partials, n_partials, norm, _on(max_norm, plan.device), p, kind,
+    launch_scale(plan.table, plan.n_chunks, partials, n_partials, norm, _on(max_norm, plan.device), p, kind,
                  norm_dtype == torch.float64, finish_norm=True, apply=True, settings=plan.settings,
                  inv_scale=inv_scale, found_inf=found_inf)
     _write_back(pairs)

@@ -8,7 +8,9 @@ kernels on CUDA, plain PyTorch on the CPU):
     s_r = \sum_{x \in \text{shards}_r} |x|^p \quad(\max|x| \text{ for } p = \infty),\qquad
     \|g\|_p = \Big(\sum_r s_r\Big)^{1/p}
 
-    local norm (2 launches) -> s_r = norm**p -> all_reduce(SUM, or MAX for inf) -> root
+    common case (one set of shards over one group, Triton path, finite p):
+    norm launch -> all_reduce(SUM) of its partial sums -> scale launch (norm, coefficient, rewrite)
+    otherwise: local norm (2 launches) -> s_r = norm**p -> all_reduce(SUM, or MAX for inf) -> root
     -> every rank scales its shards by the same coefficient (1 launch)
 
 DTensors are grouped by (mesh, placements) and reduced only over the mesh dimensions they are
@@ -36,7 +38,10 @@ import operator
 import torch
 
 from . import _inputs
-from ._dispatch import route
+from ._backend import use_triton
+from ._dispatch import DeviceWork, route
+from ._plan import build_plan
+from .kernels.launch_settings import settings_for
 
 __all__ = ["clip_sharded_", "total_norm_sharded", "clip_with_norm_sharded_"]
 
@@ -256,10 +261,55 @@ def clip_sharded_(grads: list, max_norm, p: float, error_if_nonfinite: bool = Fa
         tensor([0.6000, 0.8000])
         >>> dist.destroy_process_group()
     """
+    if not error_if_nonfinite and p != math.inf:
+        norm = _clip_between_launches(grads, max_norm, p, group)
+        if norm is not None:
+            return norm
     norm, scale, works = _norm(grads, p, error_if_nonfinite, group)
     if scale:
         _api()._clip_with_norm(works or route(scale), scale, max_norm, norm)
     return norm
+
+
+def _clip_between_launches(grads: list, max_norm, p: float, group):
+    """The common case on the Triton path, as the design has it: one set of shards reduced over
+    one group (FSDP2, or plain shards with ``group=``). The norm launch's partial sums are
+    all-reduced between the two launches, and the scale launch turns the global sum into the norm
+    and the coefficient: 2 launches + 1 collective, deterministic (fixed-size, fixed-order sums).
+    None when another path is needed (several meshes or placements, Partial, torch backend).
+    """
+    # Every rank must take the same path (they meet in the collective): decide from what all
+    # ranks share (the call's arguments, the placements, the group's device and backend), never
+    # from whether this rank happens to hold gradients.
+    jobs, scale = _split(grads, group)
+    if len(jobs) != 1 or jobs[0].norm_tensors is not scale or len(jobs[0].groups) != 1:
+        return None
+    device = scale[0].device if scale else _device_of(jobs[0].groups[0])
+    if not use_triton(device):
+        return None
+    if scale:
+        works = route(scale)
+        if len(works) != 1:
+            return None
+        work, dtype = works[0], _api()._norm_dtype(works)
+    else:
+        # no gradients here: an empty plan still runs both launches, so this rank joins the
+        # collective and reduces the partials exactly as the others do (bitwise the same norm)
+        work = DeviceWork(device, None, True, plan=build_plan([], device, settings_for(device)))
+        dtype = torch.float32
+    reduce_group = jobs[0].groups[0]
+
+    def all_reduce_partials(partials, n, size):
+        import torch.distributed as dist
+
+        # a fixed size on every rank (ranks may run different grid sizes); zeros add nothing
+        summed = torch.zeros(size, dtype=partials.dtype, device=partials.device)
+        summed[:n].copy_(partials[:n])
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=reduce_group)
+        return summed, size
+
+    _, kind = _inputs.parse_norm_type(p)
+    return _api()._triton().clip(work, scale, max_norm, p, kind, dtype, reduce_partials=all_reduce_partials)
 
 
 def clip_with_norm_sharded_(grads: list, max_norm, total_norm) -> None:
