@@ -6,6 +6,8 @@ that are written back after the rewrite; that costs extra copies and a plan per 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._layout import is_flat_span
@@ -13,6 +15,20 @@ from ._plan import build_plan
 from .kernels.launch_settings import NORM_GENERAL, NORM_INF, NORM_P2, settings_for
 from .kernels.norm_kernel import launch_norm_partials
 from .kernels.scale_kernel import launch_clamp, launch_scale
+
+
+def _on_work_device(fn):
+    """Run ``fn(work, ...)`` with ``work.device`` current: Triton launches on the current device."""
+
+    @functools.wraps(fn)
+    def wrapper(work, *args, **kwargs):
+        device = work.device
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return fn(work, *args, **kwargs)
+        return fn(work, *args, **kwargs)
+
+    return wrapper
 
 
 def _plan_for(work, grads: list):
@@ -68,6 +84,7 @@ def per_tensor_norms(plan, p: float, kind: int, norm_dtype: torch.dtype) -> torc
     return sums.to(norm_dtype)
 
 
+@_on_work_device
 def clip(work, grads: list, max_norm, p: float, kind: int, norm_dtype: torch.dtype, *,
          per_tensor: bool = False, inv_scale=None, found_inf=None, reduce_partials=None):
     """The two launches: norm partials, then reduce + clip. Returns the 0-d norm.
@@ -96,6 +113,7 @@ def _unscaled(norms, inv_scale):
     return norms if inv_scale is None else norms * inv_scale.to(norms.dtype)
 
 
+@_on_work_device
 def total_norm(work, grads: list, p: float, kind: int, norm_dtype: torch.dtype, *, per_tensor: bool = False):
     """The two launches without scaling (the second runs one program). Returns the 0-d norm,
     or (norm, per-tensor norms) with ``per_tensor``."""
@@ -109,6 +127,7 @@ def total_norm(work, grads: list, p: float, kind: int, norm_dtype: torch.dtype, 
     return norm
 
 
+@_on_work_device
 def clip_with_norm(work, grads: list, max_norm, norm: torch.Tensor) -> None:
     """One launch: grads *= min(max_norm / (norm + 1e-6), 1), skipped when that is >= 1."""
     plan, pairs = _plan_for(work, grads)
@@ -118,6 +137,7 @@ def clip_with_norm(work, grads: list, max_norm, norm: torch.Tensor) -> None:
     _write_back(pairs)
 
 
+@_on_work_device
 def clamp(work, grads: list, clip_value: float) -> None:
     """One launch: clamp every gradient to [-clip_value, clip_value] in place."""
     plan, pairs = _plan_for(work, grads)
