@@ -161,6 +161,7 @@ def plot(history: dict, max_norm: float, path: pathlib.Path, title: str) -> None
     ax_norm.legend(title=f"clipped on {clipped}/{len(history['clip_coef'])} steps", loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -182,7 +183,8 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="torch.compile the model and the clipping step")
     ap.add_argument("--compile-backend", default="inductor", help="e.g. aot_eager for a quick check")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--plot", default="train_gpt.png", help="where to write the loss/grad-norm plot ('' = none)")
+    ap.add_argument("--plot", default=str(pathlib.Path(__file__).parent / "out" / "train_gpt.png"),
+                    help="where to write the loss/grad-norm plot ('' = none); default examples/out/train_gpt.png")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
