@@ -56,7 +56,10 @@ def settings_for(device: torch.device) -> LaunchSettings:
 
 
 def use_settings(settings: LaunchSettings | None) -> LaunchSettings | None:
-    """Replace the launch settings for all devices (``None`` restores the defaults); returns the old one."""
+    """Replace the launch settings for all devices (``None`` restores the defaults); returns the old one.
+
+    Cached plans keep the settings they were built with: call ``fastclip.clear_cache()`` after this.
+    """
     global _override
     old, _override = _override, settings
     return old
