@@ -54,3 +54,28 @@ def skip_or_fail(reason: str):
     if os.environ.get("FASTCLIP_REQUIRE_TRITON") == "1":
         pytest.fail(f"Triton required (FASTCLIP_REQUIRE_TRITON=1) but unavailable: {reason}")
     pytest.skip(reason)
+
+
+def spy_calls(monkeypatch, module, names):
+    """Wrap ``module.<name>`` for each name so calls are recorded (in order) and still run."""
+    calls = []
+    for name in names:
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def require_triton_on_cpu():
+    """Skip (or fail under FASTCLIP_REQUIRE_TRITON=1) unless the Triton interpreter serves CPU tensors."""
+    import torch
+
+    from fastclip._backend import triton_can_run_on
+
+    ok, reason = triton_can_run_on(torch.device("cpu"))
+    if not ok:
+        skip_or_fail(reason)

@@ -82,17 +82,11 @@ def test_fp16_gradients_are_refused_like_gradscaler(backend, device):
 
 
 def test_fused_step_is_two_launches(monkeypatch):
-    from oracles import skip_or_fail
-    from fastclip._backend import triton_can_run_on
-
-    if not triton_can_run_on(torch.device("cpu"))[0]:
-        skip_or_fail("Triton interpreter unavailable")
     import fastclip._triton_backend as tb
+    from oracles import require_triton_on_cpu, spy_calls
 
-    calls = []
-    for name in ("launch_norm_partials", "launch_scale"):
-        real = getattr(tb, name)
-        monkeypatch.setattr(tb, name, lambda *a, _real=real, _n=name, **k: (calls.append(_n), _real(*a, **k))[1])
+    require_triton_on_cpu()
+    calls = spy_calls(monkeypatch, tb, ("launch_norm_partials", "launch_scale"))
     monkeypatch.setenv("FASTCLIP_BACKEND", "triton")
     _step(True, torch.device("cpu"))
     assert calls == ["launch_norm_partials", "launch_scale"]

@@ -16,7 +16,7 @@ import fastclip._dispatch
 import fastclip._plan
 import fastclip._triton_backend
 from conftest import requires_cuda
-from oracles import clone_params, grads, make_params, ref_coef, ref_norm
+from oracles import clone_params, grads, make_params, ref_coef, ref_norm, spy_calls
 from test_clip import ALL_DTYPES, TOL, assert_norm_accurate, param_with_grad
 
 #: these tests are about the Triton path: run them on it (the backend fixture fails instead of
@@ -29,16 +29,7 @@ LAUNCHERS = ("launch_norm_partials", "launch_scale", "launch_clamp")
 @pytest.fixture
 def launches(monkeypatch):
     """Names of the launchers called, in order (the launches still run)."""
-    calls = []
-    for name in LAUNCHERS:
-        real = getattr(fastclip._triton_backend, name)
-
-        def counted(*args, _real=real, _name=name, **kwargs):
-            calls.append(_name)
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(fastclip._triton_backend, name, counted)
-    return calls
+    return spy_calls(monkeypatch, fastclip._triton_backend, LAUNCHERS)
 
 
 @pytest.fixture

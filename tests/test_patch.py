@@ -19,7 +19,7 @@ import torch.nn.utils.clip_grad
 import fastclip
 import fastclip.api
 from fastclip import custom_op, patch
-from oracles import clone_params, grads, make_params
+from oracles import clone_params, grads, make_params, spy_calls
 
 NAMES = ["clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_"]
 MODULES = [torch.nn.utils, torch.nn.utils.clip_grad]
@@ -37,16 +37,7 @@ def _unpatched():
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the calls that reach fastclip's public functions."""
-    seen = []
-    for name in ("clip_", "total_norm", "clip_with_norm_", "clip_value_"):
-        real = getattr(fastclip.api, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            seen.append(_name)
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(fastclip.api, name, spy)
-    return seen
+    return spy_calls(monkeypatch, fastclip.api, ("clip_", "total_norm", "clip_with_norm_", "clip_value_"))
 
 
 # call sites written the way the frameworks write them ---------------------------------------

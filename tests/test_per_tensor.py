@@ -54,17 +54,11 @@ def test_per_tensor_skips_none_grads_like_the_returned_order_says(backend, devic
 
 
 def test_per_tensor_keeps_two_launches_on_the_triton_path(monkeypatch):
-    from fastclip._backend import triton_can_run_on
-    from oracles import skip_or_fail
-
-    if not triton_can_run_on(torch.device("cpu"))[0]:
-        skip_or_fail("Triton interpreter unavailable")
     import fastclip._triton_backend as tb
+    from oracles import require_triton_on_cpu, spy_calls
 
-    calls = []
-    for name in ("launch_norm_partials", "launch_scale"):
-        real = getattr(tb, name)
-        monkeypatch.setattr(tb, name, lambda *a, _real=real, _n=name, **k: (calls.append(_n), _real(*a, **k))[1])
+    require_triton_on_cpu()
+    calls = spy_calls(monkeypatch, tb, ("launch_norm_partials", "launch_scale"))
     monkeypatch.setenv("FASTCLIP_BACKEND", "triton")
     params = make_params([(700,), (3, 5)])
     fastclip.clip_(params, 0.5, per_tensor=True)
