@@ -23,49 +23,64 @@ importing the framework, or patch in the framework's module as well.
 The patched functions are invisible: for every input, they return what torch's function returns
 (same dtype, device, DTensor placements, warnings and errors; values within fastclip's accuracy,
 which is at least torch's). Whatever fastclip does not serve goes to torch's original function,
-which then does exactly what it always does. The patched functions and fastclip's own API differ
-where the direct API is stricter or returns more precise types:
+which then does exactly what it always does. Where the patched functions and fastclip's own API
+(``fastclip.clip_``, ``total_norm``, ``clip_with_norm_``, ``clip_value_``) differ:
 
-    ==============================  ==================================  =================================
-    input                           patched torch function              fastclip.clip_ / total_norm / ...
-    ==============================  ==================================  =================================
-    norm of bf16/fp16 grads         torch's dtype: bf16 for bf16 grads  float32 (float64 with fp64 grads)
-                                    (fp32 for mixed bf16+fp16)
-    DTensor grads                   a DTensor norm, torch's placements  the plain global norm
-                                    (Replicate; Partial(max) for inf)
-    norm_type 0, < 0, -inf, NaN     torch's function                    ValueError
-    norm_type '2', ' 2 ', tensor    float(norm_type), as torch          ValueError / TypeError ('inf' ok)
-    max_norm < 0 or NaN             torch's function (scales by a       ValueError
+    ==============================  ====================================  ==================================
+    input                           patched torch function                fastclip's direct API
+    ==============================  ====================================  ==================================
+    norm of bf16 / fp16 grads       torch's dtype: bf16 for bf16 grads,   float32 (float64 if any grad is
+                                    fp16 for fp16, fp32 for bf16+fp16     float64)
+    DTensor grads                   a DTensor norm with torch's           the plain global norm
+                                    placements (Replicate; for inf,
+                                    Partial(max) on sharded mesh dims)
+    norm_type 0, < 0, -inf, NaN     torch's function                      ValueError
+    norm_type '2', ' 2 ' (strings)  float(norm_type), as torch            ValueError (only 'inf' strings)
+    max_norm < 0 or NaN             torch's function (it scales by a      ValueError
                                     negative / NaN coefficient)
-    max_norm '1.0' (a string)       torch's function                    TypeError
-    max_norm int tensor, tensor on  float(max_norm) (syncs, as torch)   ValueError (a floating 1-element
-    another device                                                      tensor is never read on the host)
-    foreach=1, 'yes', 0 (non-bool)  torch's function                    TypeError
-    foreach=True on a device        torch's RuntimeError                ignored
-    without foreach kernels
-    complex, integer, fp8 grads     torch's function                    TypeError
-    sparse or other subclass grads  torch's function                    TypeError (sparse)
-    plain tensors mixed with        torch's RuntimeError                plain tensors count as replicated
-    DTensors, or DTensors on
-    several meshes
-    an empty grad with norm inf     torch's RuntimeError (no identity)  0 for that tensor
-    no grads at all                 torch's function (tensor(0.))       tensor(0.)
-    empty generator                 warns if this torch warns (>= 2.8)  always warns
-    clip_grads_with_norm_ with a    torch's TypeError / RuntimeError    float: accepted; else ValueError
-    float, 1-d or integer norm
-    clip_grad_value_ < 0 or NaN     torch's function                    ValueError
-    clip_grad_value_ with no grads  torch's function (RuntimeError in   no-op
-                                    torch 2.13)
-    ==============================  ==================================  =================================
+    max_norm a string ('1.0')       torch's function                      TypeError
+    max_norm an integer tensor      float(max_norm), as torch             ValueError
+    max_norm a tensor on another    float(max_norm) (reads it, as torch)  copied to the grads' device,
+    device than the grads                                                 never read on the host
+    foreach not None/True/False     torch's function                      TypeError
+    (foreach=1, 'yes', 0)
+    foreach=True, a device without  torch's RuntimeError                  ignored
+    foreach kernels
+    complex, integer, bool or fp8   torch's function                      TypeError
+    grads
+    sparse grads, tensor            torch's function                      sparse: TypeError; other
+    subclasses other than DTensor                                         subclasses: not supported
+    DTensors mixed with plain       torch's RuntimeError                  plain tensors count as
+    tensors                                                               replicated
+    DTensors on several meshes      torch's RuntimeError                  each mesh reduced over its own
+                                                                          groups, one global norm
+    an empty grad, norm_type inf    torch's RuntimeError (no identity)    the max over the other grads
+    no grads at all                 torch's function (tensor(0.) after    tensor(0.), no conversions
+                                    converting the other arguments)
+    empty generator                 warns as the installed torch does     always warns
+                                    (torch 2.13 warns)
+    clip_grads_with_norm_: a float  torch's TypeError / RuntimeError /    float and one-element tensors
+    norm, a 1-d or integer norm     its result                            of any shape: taken; integer:
+                                                                          ValueError
+    clip_grad_value_ < 0 or NaN,    torch's function                      ValueError (string: TypeError)
+    or a string
+    clip_grad_value_, no grads      torch's function (2.13: RuntimeError) returns None
+    clip_grad_value_, DTensor       torch's function (DTensor rules)      clamps the local tensors
+    grads
+    inside torch.compile            the same hand-overs, decided at trace fastclip's op
+                                    time (DTensors: torch's function);
+                                    fastclip's op is one graph node
+    ==============================  ====================================  ==================================
 
-Where fastclip serves, it differs from torch only in accuracy, and only where torch rounds:
-half-precision norms are the exactly rounded fp32 result (torch's bf16 norm is off by a few
-bf16 units), fp16 gradients whose norm overflows fp16 are scaled by ``max_norm / norm`` computed
-in fp32 (torch returns inf and multiplies them by 0; the returned norm is inf in both, and
-``error_if_nonfinite=True`` raises in both), and the coefficient for half-precision gradients is
-computed in fp32. A DTensor norm of order inf holds the global max in every rank's local tensor
-(torch: that rank's max; ``full_tensor()`` is the same), and a rank whose local shard is empty
-gets the norm of order inf where torch raises.
+Where fastclip serves, it differs from torch only where torch rounds or overflows:
+half-precision norms are the fp32 norm rounded once (torch's bf16 norm is rounded twice and can
+be a few bf16 units off), the clipping coefficient of half-precision gradients is computed in
+fp32 (torch: in the norm's half type), and fp16 gradients whose norm overflows fp16 are scaled by
+``max_norm / norm`` from the fp32 norm (torch returns inf and multiplies them by 0; the returned
+norm is inf in both, and ``error_if_nonfinite=True`` raises in both). For DTensor grads, a norm of
+order inf holds the global max in every rank's local tensor (torch: that rank's max;
+``full_tensor()`` and ``item()`` agree), and a rank whose local shard is empty gets the inf norm
+where torch raises (torch's check is per local shard).
 """
 from __future__ import annotations
 
@@ -265,13 +280,23 @@ def _torch_warns_on_empty_generator() -> bool:
 
 
 def _traced(torch_fn, fast_fn, items, args: tuple, order_at=None, of_grads=True):
-    """A patched function inside torch.compile, where Dynamo can't trace the checks above:
-    dtypes and arguments are static there, so this runs once, at trace time, and fastclip's op
-    is one node of the graph. ``args[order_at]`` is ``norm_type``, if the function takes one."""
+    """A patched function inside torch.compile, where Dynamo can't trace the checks above: there
+    types, dtypes and Python-number arguments are static, so the same decisions are taken once,
+    at trace time, and fastclip's op is one node of the graph. ``args[order_at]`` is
+    ``norm_type`` where the function takes one; ``args[0]`` is the threshold unless it is
+    ``norm_type`` (get_total_norm); ``args[-1]`` is ``foreach``."""
     items = [items] if isinstance(items, torch.Tensor) else list(items)
     tensors = [q.grad for q in items if q.grad is not None] if of_grads else items
     p = _order(args[order_at]) if order_at is not None else 1.0
-    if p is None or not tensors:
+    fast = p is not None and bool(tensors) and any(args[-1] is v for v in (None, True, False)) and all(
+        type(t) in _PLAIN and t.dtype in _inputs.SUPPORTED_DTYPES and t.layout == torch.strided for t in tensors)
+    fast = fast and not (p == math.inf and any(t.numel() == 0 for t in tensors))
+    if fast and order_at != 0 and not isinstance(args[0], torch.Tensor):
+        threshold = _nonnegative(args[0])
+        if threshold is None:
+            return torch_fn(items, *args)
+        args = (threshold, *args[1:])
+    if not fast:
         return torch_fn(items, *args)
     if order_at is None:
         return fast_fn(items, *args)

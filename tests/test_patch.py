@@ -243,3 +243,36 @@ def test_orders_up_to_zero_raise_in_the_direct_api_and_go_to_torch_through_the_p
     assert calls == ["clip_"]  # the direct call above; the patched one went to torch
     torch.testing.assert_close(norm, expected)
     _assert_same_grads(params, theirs)
+
+
+@pytest.mark.parametrize("grad, max_norm, kwargs, served", [
+    (torch.tensor([3.0, 4.0]), 1.0, {}, ["clip_"]),
+    (torch.tensor([3.0, 4.0], dtype=torch.bfloat16), 1.0, {}, ["clip_"]),
+    (torch.tensor([3.0 + 4.0j]), 1.0, {}, []),
+    (torch.tensor([3.0, 4.0]), "1.0", {}, []),
+    (torch.tensor([3.0, 4.0]), -1.0, {}, []),
+    (torch.tensor([3.0, 4.0]), 1.0, {"norm_type": 0}, []),
+    (torch.tensor([3.0, 4.0]), 1.0, {"foreach": 1}, []),
+], ids=["fp32", "bf16", "complex", "str-max-norm", "negative-max-norm", "norm_type-0", "foreach-1"])
+def test_under_torch_compile_the_patch_hands_the_same_inputs_to_torch(grad, max_norm, kwargs, served, calls):
+    if not (custom_op.available and hasattr(fastclip.api, "_custom_op")):
+        pytest.xfail("fastclip.api does not route through fastclip.custom_op under torch.compile yet")
+    [theirs], [ours] = (_leaf_with_grad(grad) for _ in range(2))
+    expected = TORCH[(torch.nn.utils, "clip_grad_norm_")]([theirs], max_norm, **kwargs)
+    with fastclip.patch.patched():
+        torch._dynamo.reset()
+        norm = torch.compile(lambda: accelerate_like_clip_kw([ours], max_norm, **kwargs), backend="eager")()
+    assert calls == served
+    assert norm.dtype == expected.dtype
+    torch.testing.assert_close(norm, expected)
+    torch.testing.assert_close(ours.grad, theirs.grad)
+
+
+def _leaf_with_grad(grad):
+    leaf = torch.nn.Parameter(torch.zeros(grad.shape, dtype=grad.dtype))
+    leaf.grad = grad.clone()
+    return [leaf]
+
+
+def accelerate_like_clip_kw(parameters, max_norm, **kwargs):
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm, **kwargs)
