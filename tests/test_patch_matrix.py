@@ -397,8 +397,7 @@ def test_the_matrix_covers_every_patched_function_both_ways():
 def one_rank(tmp_path_factory):
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("needs torch.distributed with gloo")
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialized in this process")
+    assert not dist.is_initialized(), "an earlier test left a process group initialized in this process"
     dist.init_process_group("gloo", init_method=f"file://{tmp_path_factory.mktemp('pg')}/store", rank=0,
                             world_size=1)
     yield
