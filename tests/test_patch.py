@@ -60,7 +60,8 @@ def _model():
 
 
 def _assert_same_grads(a, b, rtol=1e-5):
-    for p, q in zip(a.parameters() if hasattr(a, "parameters") else a, b.parameters() if hasattr(b, "parameters") else b):
+    listed = (m.parameters() if hasattr(m, "parameters") else m for m in (a, b))
+    for p, q in zip(*listed):
         torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=rtol * 1e-2)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import types
 import warnings
 
@@ -321,7 +322,8 @@ def assert_same_tensor(ours, theirs, what, rtol):
     assert type(ours) is type(theirs), f"{what}: {type(ours).__name__} where torch gives {type(theirs).__name__}"
     if theirs is None:
         return
-    assert (ours.dtype, ours.device, ours.shape, ours.layout) == (theirs.dtype, theirs.device, theirs.shape, theirs.layout), \
+    kind = operator.attrgetter("dtype", "device", "shape", "layout")
+    assert kind(ours) == kind(theirs), \
         f"{what}: {ours.dtype} {ours.device} {tuple(ours.shape)} where torch gives " \
         f"{theirs.dtype} {theirs.device} {tuple(theirs.shape)}"
     if patch._inputs.is_dtensor(theirs):
