@@ -78,7 +78,9 @@ def parse_norm_type(norm_type) -> tuple[float, int]:
     else:
         p = float(norm_type)
     if math.isnan(p) or p <= 0:
-        raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type!r}")
+        # 0 counts non-zeros and -inf is min|x|: not norms, no clipping rule; torch's function has them
+        raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type!r}; for orders <= 0 use "
+                         f"torch.nn.utils.clip_grad_norm_ (fastclip.patch_torch() hands them to it)")
     if p == math.inf:
         return p, NORM_INF
     if p == 2.0:

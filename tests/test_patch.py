@@ -59,9 +59,10 @@ def _model():
     return model
 
 
-def _assert_same_grads(a, b):
-    for p, q in zip(a.parameters() if hasattr(a, "parameters") else a, b.parameters() if hasattr(b, "parameters") else b):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+def _assert_same_grads(a, b, rtol=1e-5):
+    listed = (m.parameters() if hasattr(m, "parameters") else m for m in (a, b))
+    for p, q in zip(*listed):
+        torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=rtol * 1e-2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,14 +200,80 @@ def test_empty_generator_warns_at_the_call_site_as_torch_does():
     assert w.filename == accelerate_like_clip.__code__.co_filename  # points at the caller's line
 
 
-def test_torch_compile_sees_no_graph_break_through_the_patch():
+def _torch_step(params):
+    """The four patched functions in a row, as a compiled training step might call them."""
+    norm = torch.nn.utils.get_total_norm(grads(params))
+    torch.nn.utils.clip_grads_with_norm_(params, 1.0, norm)
+    torch.nn.utils.clip_grad_value_(params, 0.1)
+    return norm, accelerate_like_clip(params, 0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_compile_sees_no_graph_break_through_the_patch(dtype, calls):
     if not (custom_op.available and hasattr(fastclip.api, "_custom_op")):
         pytest.xfail("fastclip.api does not route through fastclip.custom_op under torch.compile yet")
-    params = make_params([(6, 4), (9,)], scale=3.0)
+    params = make_params([(6, 4), (9,)], dtype=dtype, scale=3.0)
     theirs = clone_params(params)
+    expected = _torch_step_unpatched(theirs)
     with fastclip.patch.patched():
         torch._dynamo.reset()
-        norm = torch.compile(lambda: accelerate_like_clip(params, 1.0), fullgraph=True, backend="aot_eager")()
-    expected = TORCH[(torch.nn.utils, "clip_grad_norm_")](theirs, 1.0)
-    torch.testing.assert_close(norm, expected, rtol=1e-5, atol=0)
+        got = torch.compile(lambda: _torch_step(params), fullgraph=True, backend="aot_eager")()
+    assert calls == ["total_norm", "clip_with_norm_", "clip_value_", "clip_"]  # traced once, each op in the graph
+    for norm, want in zip(got, expected):
+        assert norm.dtype == want.dtype  # torch's dtype: bf16 for bf16 grads
+        torch.testing.assert_close(norm, want, rtol=1e-5 if dtype == torch.float32 else 2 ** -7, atol=0)
+    _assert_same_grads(params, theirs, rtol=1e-5 if dtype == torch.float32 else 2 ** -7)
+
+
+def _torch_step_unpatched(params):
+    norm = TORCH[(torch.nn.utils, "get_total_norm")](grads(params))
+    TORCH[(torch.nn.utils, "clip_grads_with_norm_")](params, 1.0, norm)
+    TORCH[(torch.nn.utils, "clip_grad_value_")](params, 0.1)
+    return norm, TORCH[(torch.nn.utils, "clip_grad_norm_")](params, 0.05)
+
+
+@pytest.mark.parametrize("norm_type", [-math.inf, 0, -2.0])
+def test_orders_up_to_zero_raise_in_the_direct_api_and_go_to_torch_through_the_patch(norm_type, calls):
+    params = make_params([(6, 4), (9,)], scale=3.0)
+    with pytest.raises(ValueError, match=r"norm_type must be > 0.*torch\.nn\.utils\.clip_grad_norm_"):
+        fastclip.api.clip_(params, 1.0, norm_type)
+    theirs = clone_params(params)
+    expected = TORCH[(torch.nn.utils, "clip_grad_norm_")](theirs, 1.0, norm_type)
+    with fastclip.patch.patched():
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0, norm_type)
+    assert calls == ["clip_"]  # the direct call above; the patched one went to torch
+    torch.testing.assert_close(norm, expected)
     _assert_same_grads(params, theirs)
+
+
+@pytest.mark.parametrize("grad, max_norm, kwargs, served", [
+    (torch.tensor([3.0, 4.0]), 1.0, {}, ["clip_"]),
+    (torch.tensor([3.0, 4.0], dtype=torch.bfloat16), 1.0, {}, ["clip_"]),
+    (torch.tensor([3.0 + 4.0j]), 1.0, {}, []),
+    (torch.tensor([3.0, 4.0]), "1.0", {}, []),
+    (torch.tensor([3.0, 4.0]), -1.0, {}, []),
+    (torch.tensor([3.0, 4.0]), 1.0, {"norm_type": 0}, []),
+    (torch.tensor([3.0, 4.0]), 1.0, {"foreach": 1}, []),
+], ids=["fp32", "bf16", "complex", "str-max-norm", "negative-max-norm", "norm_type-0", "foreach-1"])
+def test_under_torch_compile_the_patch_hands_the_same_inputs_to_torch(grad, max_norm, kwargs, served, calls):
+    if not (custom_op.available and hasattr(fastclip.api, "_custom_op")):
+        pytest.xfail("fastclip.api does not route through fastclip.custom_op under torch.compile yet")
+    [theirs], [ours] = (_leaf_with_grad(grad) for _ in range(2))
+    expected = TORCH[(torch.nn.utils, "clip_grad_norm_")]([theirs], max_norm, **kwargs)
+    with fastclip.patch.patched():
+        torch._dynamo.reset()
+        norm = torch.compile(lambda: accelerate_like_clip_kw([ours], max_norm, **kwargs), backend="eager")()
+    assert calls == served
+    assert norm.dtype == expected.dtype
+    torch.testing.assert_close(norm, expected)
+    torch.testing.assert_close(ours.grad, theirs.grad)
+
+
+def _leaf_with_grad(grad):
+    leaf = torch.nn.Parameter(torch.zeros(grad.shape, dtype=grad.dtype))
+    leaf.grad = grad.clone()
+    return [leaf]
+
+
+def accelerate_like_clip_kw(parameters, max_norm, **kwargs):
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm, **kwargs)
