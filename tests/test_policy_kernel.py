@@ -8,6 +8,9 @@ give, step by step, the same bits: every ClipResult field, every gradient elemen
 included) and every state tensor.  Sequences cover the warm-up end, spikes, NaN and inf norms,
 zero and constant norms.  The gradients span several chunks, so the scale launch runs several
 programs: a program reading state that another one already updated would show up as a mismatch.
+
+The tests taking ``device`` also run on CUDA (the GPU script's ``-m cuda`` step), where the
+programs really run concurrently; the others run under the interpreter only.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastclip
 import fastclip._triton_backend
+from fastclip._backend import triton_can_run_on
 from fastclip._dispatch import route
 from fastclip.adaptive import ClipResult, FixedClipper, MeanClipper, PercentileClipper, ZClipper
 from fastclip.kernels.launch_settings import POLICY_WORD_TICKET
-from oracles import require_triton_on_cpu, spy_calls
+from conftest import requires_cuda
+from oracles import skip_or_fail, spy_calls
 
 pytestmark = [
     # the interpreter evaluates NaN/inf arithmetic with numpy, which warns
@@ -71,8 +76,12 @@ DTYPES = {"fp32": FP32, "fp64": (torch.float64, torch.float64), "bf16": (torch.b
 
 
 @pytest.fixture(autouse=True)
-def _triton_backend(monkeypatch):
-    require_triton_on_cpu()
+def _triton_backend(request, monkeypatch):
+    """Every test runs on the Triton path: its ``device`` (CPU: the interpreter) must have it."""
+    device = request.getfixturevalue("device") if "device" in request.fixturenames else torch.device("cpu")
+    ok, reason = triton_can_run_on(device)
+    if not ok:
+        skip_or_fail(reason)
     monkeypatch.setenv("FASTCLIP_BACKEND", "triton")
 
 
@@ -81,23 +90,25 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8).clone()
 
 
-def make_model(dtypes=FP32, device="cpu"):
-    """Two parameters whose gradients are 2 chunks of the interpreter's settings: 2 programs."""
-    return [torch.nn.Parameter(torch.zeros(200, dtype=dtypes[0], device=device)),
+def make_model(dtypes=FP32, device="cpu", numel=200):
+    """Two parameters; with ``numel=200`` their gradients are 2 chunks of the interpreter's
+    settings (2 programs)."""
+    return [torch.nn.Parameter(torch.zeros(numel, dtype=dtypes[0], device=device)),
             torch.nn.Parameter(torch.zeros(9, dtype=dtypes[1], device=device))]
 
 
 def set_grads(params, step: int, norm: float) -> None:
     """Gradients of (about) the given norm, written into the same buffers every step (as in
     training); NaN/inf norms put one NaN/inf among finite values."""
-    gen = torch.Generator().manual_seed(1000 + step)
-    flat = torch.randn(sum(p.numel() for p in params), generator=gen, dtype=torch.float64)
+    device = params[0].device
+    gen = torch.Generator(device).manual_seed(1000 + step)
+    flat = torch.randn(sum(p.numel() for p in params), generator=gen, dtype=torch.float64, device=device)
     flat *= (norm if math.isfinite(norm) else 1.0) / flat.norm()
     if not math.isfinite(norm):
         flat[5] = norm
     start = 0
     for p in params:
-        values = flat[start: start + p.numel()].view(p.shape).to(p.dtype)
+        values = flat[start: start + p.numel()].view(p.shape).to(p.device, p.dtype)
         if p.grad is None:
             p.grad = values
         else:
@@ -110,8 +121,8 @@ def record(clipper, params, result) -> dict:
             "state": {k: bits(t) for k, t in clipper._state.items()}}
 
 
-def run(clipper, norms, dtypes=FP32, first_step=0, params=None, **kwargs) -> list[dict]:
-    params = make_model(dtypes) if params is None else params
+def run(clipper, norms, dtypes=FP32, first_step=0, params=None, device="cpu", **kwargs) -> list[dict]:
+    params = make_model(dtypes, device) if params is None else params
     out = []
     for i, x in enumerate(norms):
         set_grads(params, first_step + i, x)
@@ -157,9 +168,18 @@ def test_the_matrix_covers_every_policy_and_dtype():
 
 
 @pytest.mark.parametrize("policy, dtype", MATRIX)
-def test_kernel_policy_is_bitwise_the_torch_op_reference(policy, dtype):
+def test_kernel_policy_is_bitwise_the_torch_op_reference(policy, dtype, device):
     make, dtypes = POLICIES[policy], DTYPES[dtype]
-    assert_same_steps(run(make(), NORMS, dtypes), run(reference(make), NORMS, dtypes))
+    assert_same_steps(run(make(), NORMS, dtypes, device=device), run(reference(make), NORMS, dtypes, device=device))
+
+
+@pytest.mark.parametrize("device", [pytest.param(torch.device("cuda"), marks=[requires_cuda, pytest.mark.cuda])])
+@pytest.mark.parametrize("policy", ["mean-running", "zclip-cap", "percentile-7-max"])
+def test_hundreds_of_concurrent_programs_are_bitwise_the_reference(policy, device):
+    """24 M elements: ~370 chunks, a full persistent grid racing for the state's ticket."""
+    make = POLICIES[policy]
+    ours = run(make(), NORMS, params=make_model(device=device, numel=24_000_000))
+    assert_same_steps(ours, run(reference(make), NORMS, params=make_model(device=device, numel=24_000_000)))
 
 
 @pytest.mark.parametrize("norms", [CONSTANT, ZEROS], ids=["constant", "zeros"])
