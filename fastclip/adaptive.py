@@ -60,10 +60,10 @@ from . import custom_op as _custom_op
 from ._backend import use_triton
 from ._dispatch import route
 from .api import clip_with_norm_, total_norm
-from .kernels.launch_settings import (NONFINITE_ERROR, NONFINITE_PROPAGATE, NONFINITE_SKIP, POLICY_FIXED, POLICY_MAX_WINDOW,
-                                      POLICY_MEAN, POLICY_NONE, POLICY_PERCENTILE, POLICY_SETTINGS, POLICY_WORD_ARRAYS,
-                                      POLICY_WORD_COUNT, POLICY_WORD_NONFINITE, POLICY_WORD_SETTINGS, POLICY_WORD_STAT0,
-                                      POLICY_WORD_STAT1, POLICY_ZCLIP, f64_bits)
+from .kernels.launch_settings import (NONFINITE_ERROR, NONFINITE_PROPAGATE, NONFINITE_SKIP, POLICY_FIXED,
+                                      POLICY_MAX_WINDOW, POLICY_MEAN, POLICY_NONE, POLICY_PERCENTILE, POLICY_SETTINGS,
+                                      POLICY_WORD_ARRAYS, POLICY_WORD_COUNT, POLICY_WORD_NONFINITE, POLICY_WORD_SETTINGS,
+                                      POLICY_WORD_STAT0, POLICY_WORD_STAT1, POLICY_ZCLIP, f64_bits)
 
 __all__ = ["ClipResult", "Clipper", "FixedClipper", "MeanClipper", "PercentileClipper", "ZClipper",
            "step_if_finite"]
@@ -589,7 +589,8 @@ class PercentileClipper(Clipper):
     def _refresh_derived(self) -> None:
         # both sorted copies (the kernel reads copy count % 2): no need to read the count
         start = POLICY_WORD_ARRAYS + self.window
-        self._buffer[start: start + 2 * self.window].view(2, self.window).copy_(torch.sort(self._state["history"]).values)
+        copies = self._buffer[start: start + 2 * self.window].view(2, self.window)
+        copies.copy_(torch.sort(self._state["history"]).values)
 
     def _host_state(self) -> dict:
         return {"calls": self._calls}

@@ -52,6 +52,7 @@ POLICY_SETTINGS = {
                    "clip_to_mean:i", "skip_update_on_spike:i"),
     POLICY_PERCENTILE: ("window:i", "quantile"),
 }
+assert all(len(words) <= POLICY_SETTINGS_WORDS for words in POLICY_SETTINGS.values()), "settings overlap the arrays"
 
 #: Largest percentile window the scale launch ranks itself (each program reads the window once).
 POLICY_MAX_WINDOW = 4096

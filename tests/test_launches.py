@@ -331,7 +331,8 @@ def test_every_clipper_step_is_the_two_launches_of_clip(backend, device, launche
 
 @triton_only
 @pytest.mark.parametrize("make", [lambda: fastclip.PercentileClipper(25.0),
-                                  lambda: fastclip.PercentileClipper(25.0, window=5000)], ids=["unbounded", "window-5000"])
+                                  lambda: fastclip.PercentileClipper(25.0, window=5000)],
+                         ids=["unbounded", "window-5000"])
 def test_percentile_clippers_the_kernel_does_not_rank_use_three_launches(backend, device, launches, make):
     """total_norm (2 launches) + clip_with_norm_ (1), the policy as torch ops in between."""
     params = make_params([(700,), (9,)], device=device)

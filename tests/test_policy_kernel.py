@@ -219,9 +219,10 @@ def test_strided_gradients_are_bitwise_the_reference():
 # state: round trips, switching paths, the ticket
 
 
-@pytest.mark.parametrize("policy, saved_by, resumed_by", [("zclip-cap", "kernel", "torch"), ("zclip-cap", "torch", "kernel"),
-                                                         ("percentile-4", "kernel", "kernel"),
-                                                         ("percentile-4", "torch", "kernel")])
+@pytest.mark.parametrize("policy, saved_by, resumed_by", [
+    ("zclip-cap", "kernel", "torch"), ("zclip-cap", "torch", "kernel"),
+    ("percentile-4", "kernel", "kernel"), ("percentile-4", "torch", "kernel"),
+])
 def test_state_dict_round_trip_between_paths_is_bitwise(policy, saved_by, resumed_by):
     make = POLICIES[policy]
     uninterrupted = run(make(), SHORT)
