@@ -4,7 +4,8 @@ Triton compiles ahead of time for a named target (no driver needed) and its whee
 cuobjdump, so the machine code can be read before any GPU time is spent.  For each kernel,
 constexpr variant and target (sm_80, sm_90) this reports: registers, local memory (spills),
 128-bit global loads/stores in the PTX (``ld.global.v4.b32`` for 32/16-bit dtypes,
-``ld.global.v2.b64`` for fp64) and LDL/STL instructions in the SASS.
+``ld.global.v2.b64`` for fp64), LDL/STL instructions in the SASS, and float64 FMAs in the PTX
+(the scale kernel is compiled without contraction: its clipper policies must have none).
 
     python bench/inspect_kernels.py              # table
     python bench/inspect_kernels.py --json       # machine-readable (used by tests/test_ptx.py)
@@ -41,7 +42,9 @@ TARGETS = (80, 90)
 
 
 def variants():
-    """(name, kernel, signature, constexprs) of every specialisation the launchers can produce."""
+    """(name, kernel, signature, constexprs) of every specialisation the launchers can produce.
+
+    ``constexprs`` may carry compile options (the scale kernel's ``COMPILE_OPTIONS``)."""
     s = ls.GPU_SETTINGS
     tile = {"CHUNK": s.chunk, "BLOCK": s.block}
     norm_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64", "p_bits": "i64",
@@ -56,17 +59,23 @@ def variants():
         nt = "*fp64" if fp64 else "*fp32"
         scale_sig = {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "partials_ptr": "*fp64",
                      "n_partials": "i32", "norm_ptr": nt, "max_norm_ptr": nt, "max_norm_bits": "i64", "inv_p_bits": "i64",
-                     "inv_scale_ptr": "*fp32", "found_inf_ptr": "*fp32"}
-        modes = [(kind, True, True, ptr, False) for kind in KINDS for ptr in (False, True)]  # clip_
-        modes += [(kind, True, False, False, False) for kind in KINDS]  # total_norm
-        modes += [(ls.NORM_P2, False, True, ptr, False) for ptr in (False, True)]  # clip_with_norm_
+                     "inv_scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "policy_ptr": "*fp64", "clipped_ptr": "*i1"}
+        none = ls.POLICY_NONE
+        modes = [(kind, True, True, ptr, False, none) for kind in KINDS for ptr in (False, True)]  # clip_
+        modes += [(kind, True, False, False, False, none) for kind in KINDS]  # total_norm
+        modes += [(ls.NORM_P2, False, True, ptr, False, none) for ptr in (False, True)]  # clip_with_norm_
         if not fp64:
-            modes += [(kind, True, True, ptr, True) for kind in KINDS for ptr in (False, True)]  # fused AMP
-        for kind, finish, apply, ptr, unscale in modes:
-            yield (f"scale kind={kind} fp64={fp64} finish={finish} apply={apply} max_norm_ptr={ptr} unscale={unscale}",
+            modes += [(kind, True, True, ptr, True, none) for kind in KINDS for ptr in (False, True)]  # fused AMP
+        policies = (ls.POLICY_FIXED, ls.POLICY_MEAN, ls.POLICY_ZCLIP, ls.POLICY_PERCENTILE)
+        modes += [(ls.NORM_P2, True, True, False, False, policy) for policy in policies]  # clipper steps
+        modes += [(ls.NORM_GENERAL, True, True, False, False, ls.POLICY_ZCLIP)]
+        for kind, finish, apply, ptr, unscale, policy in modes:
+            yield (f"scale kind={kind} fp64={fp64} finish={finish} apply={apply} max_norm_ptr={ptr} unscale={unscale}"
+                   + (f" policy={policy}" if policy != none else ""),
                    scale_kernel._scale_kernel, scale_sig,
                    {"KIND": kind, "NORM_FP64": fp64, "FINISH_NORM": finish, "APPLY": apply,
-                    "MAX_NORM_FROM_PTR": ptr, "UNSCALE": unscale, "P_BLOCK": p_block, **tile})
+                    "MAX_NORM_FROM_PTR": ptr, "UNSCALE": unscale, "POLICY": policy, "P_BLOCK": p_block, **tile,
+                    **scale_kernel.COMPILE_OPTIONS})
     yield ("clamp", scale_kernel._clamp_kernel,
            {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "clip_value_bits": "i64"}, dict(tile))
 
@@ -80,9 +89,11 @@ def _cuobjdump(args, cubin: bytes) -> str:
 
 
 def inspect(name, fn, signature, constexprs, cc, dump=None) -> dict:
+    options = {k: v for k, v in constexprs.items() if k in scale_kernel.COMPILE_OPTIONS}
+    constexprs = {k: v for k, v in constexprs.items() if k not in options}
     src = ASTSource(fn=fn, signature={**signature, **{k: "constexpr" for k in constexprs}}, constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                              options={"num_warps": ls.GPU_SETTINGS.num_warps})
+                              options={"num_warps": ls.GPU_SETTINGS.num_warps, **options})
     ptx = compiled.asm["ptx"]
     sass = _cuobjdump(["-sass"], compiled.asm["cubin"])
     usage = _cuobjdump(["-res-usage"], compiled.asm["cubin"])
@@ -104,6 +115,7 @@ def inspect(name, fn, signature, constexprs, cc, dump=None) -> dict:
         "ld_v2_b64": ptx.count("ld.global.v2.b64"),
         "st_v4_b32": ptx.count("st.global.v4.b32"),
         "st_v2_b64": ptx.count("st.global.v2.b64"),
+        "fma_f64": len(re.findall(r"\bfma\.rn\.f64", ptx)),
     }
 
 
@@ -118,10 +130,10 @@ def main(argv=None):
     if args.json:
         print(json.dumps(rows))
         return
-    cols = ["sm", "registers", "local_bytes", "ldl_stl", "ld_v4_b32", "ld_v2_b64", "st_v4_b32", "st_v2_b64"]
-    print(f"{'variant':70s} " + " ".join(f"{c:>11s}" for c in cols))
+    cols = ["sm", "registers", "local_bytes", "ldl_stl", "ld_v4_b32", "ld_v2_b64", "st_v4_b32", "st_v2_b64", "fma_f64"]
+    print(f"{'variant':80s} " + " ".join(f"{c:>11s}" for c in cols))
     for r in rows:
-        print(f"{r['name']:70s} " + " ".join(f"{str(r[c]):>11s}" for c in cols))
+        print(f"{r['name']:80s} " + " ".join(f"{str(r[c]):>11s}" for c in cols))
 
 
 if __name__ == "__main__":

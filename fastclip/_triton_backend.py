@@ -109,6 +109,34 @@ def clip(work, grads: list, max_norm, p: float, kind: int, norm_dtype: torch.dty
     return norm
 
 
+@_on_work_device
+def clip_with_policy(work, grads: list, p: float, kind: int, norm_dtype: torch.dtype, policy: int,
+                     policy_buffer: torch.Tensor, *, per_tensor: bool = False, reduce_partials=None):
+    """A clipper step in the two launches of :func:`clip`: norm partials, then the policy + scale.
+
+    The scale launch computes the threshold from ``policy_buffer`` (a clipper's state and
+    settings on this device, ``kernels/policy_ops.py``), updates it in place and rescales.
+    Returns ``(norm, threshold, coef, clipped, found_inf)`` as 0-d tensors (``(that, per-tensor
+    norms)`` with ``per_tensor``).  ``reduce_partials`` is the cross-rank hook of :func:`clip`.
+    """
+    plan, pairs = _plan_for(work, grads)
+    n_partials = _norm_launch(plan, p, kind, per_tensor)
+    partials = plan.partials
+    if reduce_partials is not None:
+        partials, n_partials = reduce_partials(partials, n_partials, plan.settings.max_programs)
+    values = torch.empty(3, dtype=norm_dtype, device=plan.device)  # norm, threshold, coef
+    clipped = torch.empty((), dtype=torch.bool, device=plan.device)
+    found_inf = torch.empty((), dtype=torch.float32, device=plan.device)
+    launch_scale(plan.table, plan.n_chunks, partials, n_partials, values, 0.0, p, kind, norm_dtype == torch.float64,
+                 finish_norm=True, apply=True, settings=plan.settings, found_inf=found_inf,
+                 policy=(policy, policy_buffer, clipped))
+    _write_back(pairs)
+    result = (*values.unbind(), clipped, found_inf)
+    if per_tensor:
+        return result, per_tensor_norms(plan, p, kind, norm_dtype)
+    return result
+
+
 def _unscaled(norms, inv_scale):
     return norms if inv_scale is None else norms * inv_scale.to(norms.dtype)
 

@@ -9,15 +9,25 @@ Every clipper is called once per training step, between ``loss.backward()`` and
     result = clipper(model.parameters())      # ClipResult of 0-d device tensors
     optimizer.step()
 
-A step is :func:`fastclip.total_norm` (the norm launch), a few scalar tensor ops that update the
-policy's statistics and produce the threshold, then :func:`fastclip.clip_with_norm_` with that
-threshold as a 0-d device tensor (the scale launch reads it from device memory).  Everything the
-policy keeps (step count, sums, EMA mean and variance, norm history) lives in preallocated device
-tensors that are updated in place; nothing is ever read on the host.  So a step never synchronizes
-with the GPU, and (except where noted: ``PercentileClipper`` with unbounded history) runs the same
-kernels on the same buffers every step, which is what CUDA-graph capture needs.  On CUDA a step is
-three fastclip launches (norm partials, norm finish, scale) plus 15-30 one-element torch kernels
-for the policy; capture the step in a CUDA graph to make those free.
+Everything a policy keeps (step count, sums, EMA mean and variance, norm history) lives in
+preallocated device tensors that are updated in place; nothing is ever read on the host.  So a
+step never synchronizes with the GPU, and (except where noted: ``PercentileClipper`` with
+unbounded history) runs the same kernels on the same buffers every step, which is what CUDA-graph
+capture needs.  How a step runs:
+
+* On the Triton path (CUDA), :class:`FixedClipper`, :class:`MeanClipper`, :class:`ZClipper` and
+  :class:`PercentileClipper` with ``window <= 4096`` run in the two launches of
+  :func:`fastclip.clip_`: the norm launch, then the scale launch, whose programs each compute the
+  threshold from the clipper's state (one small float64 device buffer, of which the state tensors
+  are views); the last program to read it writes the new state and the results.  Nothing else
+  runs on the device.
+* Otherwise (the plain-PyTorch path, e.g. on the CPU; ``PercentileClipper`` with unbounded
+  history or a window over 4096; gradients on several devices; DTensor gradients; inside
+  ``torch.compile``; a subclass's own policy) a step is :func:`fastclip.total_norm`, 15-30
+  one-element torch ops for the policy (:meth:`Clipper._threshold`), then
+  :func:`fastclip.clip_with_norm_` with the threshold as a 0-d device tensor.  This torch-op
+  implementation is also the reference: on the same norms, the kernel's thresholds, results,
+  state and gradients are bitwise the same (tests/test_policy_kernel.py).
 
 Conventions shared by all policies:
 
@@ -46,12 +56,19 @@ from typing import NamedTuple
 import torch
 
 from . import _inputs
+from . import custom_op as _custom_op
+from ._backend import use_triton
+from ._dispatch import route
 from .api import clip_with_norm_, total_norm
+from .kernels.launch_settings import (NONFINITE_ERROR, NONFINITE_PROPAGATE, NONFINITE_SKIP, POLICY_FIXED,
+                                      POLICY_MAX_WINDOW, POLICY_MEAN, POLICY_NONE, POLICY_PERCENTILE, POLICY_SETTINGS,
+                                      POLICY_WORD_ARRAYS, POLICY_WORD_COUNT, POLICY_WORD_NONFINITE, POLICY_WORD_SETTINGS,
+                                      POLICY_WORD_STAT0, POLICY_WORD_STAT1, POLICY_ZCLIP, f64_bits)
 
 __all__ = ["ClipResult", "Clipper", "FixedClipper", "MeanClipper", "PercentileClipper", "ZClipper",
            "step_if_finite"]
 
-_NONFINITE_MODES = ("propagate", "skip", "error")
+_NONFINITE_MODES = {"propagate": NONFINITE_PROPAGATE, "skip": NONFINITE_SKIP, "error": NONFINITE_ERROR}
 _STAT = torch.float64  # statistics are kept in float64: sums over millions of steps stay exact enough
 
 
@@ -74,6 +91,19 @@ class ClipResult(NamedTuple):
     coef: torch.Tensor
     clipped: torch.Tensor
     found_inf: torch.Tensor
+
+
+def _sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded square root of a float64 tensor, as the kernel's sqrt.rn.f64.
+
+    On the CPU ``torch.sqrt`` goes through MKL's vdSqrt, which misrounds about 1 % of doubles
+    (2 532 of 200 000 random ones, torch 2.13); the square root of the complex number x + 0i is
+    computed with the C library's correctly rounded sqrt (glibc csqrt).  Elsewhere (CUDA)
+    ``torch.sqrt`` is IEEE-rounded already.
+    """
+    if x.device.type != "cpu":
+        return torch.sqrt(x)
+    return torch.sqrt(x.to(torch.complex128)).real
 
 
 def _check_number(value, name: str, *, low: float, low_ok: bool = True, high: float = math.inf,
@@ -103,7 +133,10 @@ class Clipper:
     A subclass implements :meth:`_new_state` (the preallocated device buffers) and
     :meth:`_threshold` (this step's threshold from the state and the norm, updating the state in
     place, with tensor ops only: no ``.item()``, no ``bool(tensor)``, no Python ``if`` on tensor
-    values).  The base class does the rest.
+    values).  The base class does the rest.  A policy that the scale launch also computes itself
+    (``kernels/policy_ops.py``) names its code in ``_POLICY``, the buffer word of each state tensor
+    in ``_SLOTS`` and its hyper-parameters in :meth:`_settings`; :meth:`_threshold` stays the
+    reference (and the CPU path).
 
     Args:
         norm_type (float or str, optional): order of the norm, as in :func:`fastclip.clip_`.
@@ -112,13 +145,19 @@ class Clipper:
             Default: ``'propagate'``
     """
 
+    _POLICY = POLICY_NONE  # the policy code of the scale launch (launch_settings.POLICY_*); none: torch ops
+    _SLOTS: dict = {}  # state tensor name -> its first word in the policy buffer
+
     def __init__(self, *, norm_type=2.0, nonfinite: str = "propagate"):
-        _inputs.parse_norm_type(norm_type)  # validate now, not at the first step
+        self._p, self._kind = _inputs.parse_norm_type(norm_type)  # validate now, not at the first step
         if nonfinite not in _NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {', '.join(map(repr, _NONFINITE_MODES))}, got {nonfinite!r}")
         self.norm_type = norm_type
         self.nonfinite = nonfinite
         self._state: dict[str, torch.Tensor] | None = None  # allocated at the first step, on its device
+        self._buffer: torch.Tensor | None = None  # the policy buffer the state tensors are views of
+        self._derived_valid = False  # buffer words derived from the state (percentile: sorted copies)
+        self._fuse_policy = True  # False: torch ops even on the Triton path (the reference, in tests)
 
     # ----------------------------------------------------------------------------------------
     # what a policy provides
@@ -135,14 +174,57 @@ class Clipper:
     def _before_step(self) -> None:
         """Host-side hook run before each step (no tensor reads); default: nothing."""
 
+    def _kernel_policy(self) -> int:
+        """The scale launch's policy code for this clipper, or POLICY_NONE (torch ops)."""
+        return self._POLICY
+
+    def _settings(self) -> dict:
+        """Hyper-parameters for the policy buffer, by the names of launch_settings.POLICY_SETTINGS."""
+        return {}
+
+    def _array_words(self) -> int:
+        """Words of the policy buffer after the fixed header (percentile: its window, three times)."""
+        return 0
+
+    def _refresh_derived(self) -> None:
+        """Rewrite the buffer words derived from the state (after it changed outside the kernel)."""
+
     # ----------------------------------------------------------------------------------------
     def _state_on(self, device: torch.device) -> dict:
         if self._state is None:
-            self._state = self._new_state(device)
+            self._state = self._allocate(self._new_state(device), device)
         elif any(t.device != device for t in self._state.values()):
             # e.g. a state loaded on the CPU, first used on the GPU: one copy, before any capture
-            self._state = {k: t.to(device) for k, t in self._state.items()}
+            self._state = self._allocate({k: t.to(device) for k, t in self._state.items()}, device)
         return self._state
+
+    def _allocate(self, state: dict, device: torch.device) -> dict:
+        """``state`` as views of a new policy buffer on ``device`` (values copied), if this clipper
+        has a kernel policy and the tensors have the layout it expects; else ``state`` itself."""
+        self._buffer, self._derived_valid = None, False
+        code = self._kernel_policy()
+        if code == POLICY_NONE:
+            return state
+        expected = self._new_state(torch.device("meta"))
+        if state.keys() != expected.keys() or any((state[k].shape, state[k].dtype) != (t.shape, t.dtype)
+                                                  for k, t in expected.items()):
+            return state  # e.g. a window loaded with strict=False: the torch ops serve it
+        header = torch.zeros(POLICY_WORD_ARRAYS, dtype=torch.int64)
+        header[POLICY_WORD_NONFINITE] = _NONFINITE_MODES[self.nonfinite]
+        settings = self._settings()
+        for i, entry in enumerate(POLICY_SETTINGS[code]):
+            name, _, kind = entry.partition(":")
+            value = settings[name]
+            header[POLICY_WORD_SETTINGS + i] = int(value) if kind == "i" else f64_bits(value)
+        buffer = torch.empty(POLICY_WORD_ARRAYS + self._array_words(), dtype=_STAT, device=device)
+        buffer.view(torch.int64)[:POLICY_WORD_ARRAYS].copy_(header)
+        views = {}
+        for name, t in state.items():
+            first = self._SLOTS[name]
+            views[name] = buffer[first: first + t.numel()].view(t.dtype).view(t.shape)
+            views[name].copy_(t)
+        self._buffer = buffer
+        return views
 
     def __call__(self, parameters, *, per_tensor: bool = False):
         r"""Clip the gradients of ``parameters`` in place with this step's threshold.
@@ -170,16 +252,57 @@ class Clipper:
             zero = torch.tensor(0.0)
             result = ClipResult(zero, torch.tensor(math.inf), torch.tensor(1.0), torch.tensor(False), zero.clone())
             return (result, torch.zeros(0)) if per_tensor else result
+        work = self._kernel_work(grads, params)
+        if work is not None:
+            self._state_on(work.device)
+            if self._buffer is not None:  # the state has the layout the kernel expects
+                return self._kernel_step(work, grads, per_tensor)
+        return self._torch_step(params, grads, per_tensor)
+
+    def _kernel_work(self, grads: list, params: list):
+        """The Triton DeviceWork when this step can run in the two launches of clip_, else None."""
+        if not self._fuse_policy or self._kernel_policy() == POLICY_NONE or _custom_op.is_compiling():
+            return None
+        first = grads[0]
+        if not isinstance(first, torch.Tensor) or not use_triton(first.device) or _inputs.has_dtensor(grads):
+            return None  # the torch-op path handles (or rejects) these
+        try:
+            works = route(grads)
+        except TypeError:
+            _inputs.check_param_grads(params)  # a bad gradient: name its parameter's position
+            raise
+        return works[0] if len(works) == 1 and works[0].triton else None
+
+    def _kernel_step(self, work, grads: list, per_tensor: bool):
+        from . import _triton_backend  # imports triton: only on the Triton path
+
+        self._before_step()
+        if not self._derived_valid:
+            self._refresh_derived()
+            self._derived_valid = True
+        norm_dtype = torch.float64 if work.has_fp64 else torch.float32
+        out = _triton_backend.clip_with_policy(work, grads, self._p, self._kind, norm_dtype, self._kernel_policy(),
+                                               self._buffer, per_tensor=per_tensor)
+        values, norms = out if per_tensor else (out, None)
+        result = ClipResult(*values)
+        # nonfinite='error': the kernel left grads and state alone; reading the flag is the one sync
+        if self.nonfinite == "error" and bool(result.found_inf):
+            raise _inputs.nonfinite_error(self._p)
+        return (result, norms) if per_tensor else result
+
+    def _torch_step(self, params: list, grads: list, per_tensor: bool):
+        """The torch-op implementation: total_norm, the policy as tensor ops, clip_with_norm_."""
         if per_tensor:
             norm, norms = total_norm(grads, self.norm_type, per_tensor=True)
         else:
             norm = total_norm(grads, self.norm_type)
         finite = torch.isfinite(norm)
         if self.nonfinite == "error" and not bool(finite):  # the one mode that reads the device
-            raise _inputs.nonfinite_error(_inputs.parse_norm_type(self.norm_type)[0])
+            raise _inputs.nonfinite_error(self._p)
         self._before_step()
         state = self._state_on(norm.device)
         threshold = self._threshold(state, norm.to(_STAT), finite).to(norm.dtype)
+        self._derived_valid = False  # the state changed outside the kernel
         if self.nonfinite == "skip":
             # coef = 0 / (1 + 1e-6) = 0 exactly; where() passes finite values through bitwise
             scale_threshold = torch.where(finite, threshold, 0.0)
@@ -229,18 +352,25 @@ class Clipper:
             raise ValueError(f"{type(self).__name__}.load_state_dict: saved hyper-parameters differ in "
                              f"{', '.join(diff)} (saved {theirs}, this clipper {mine}); "
                              f"pass strict=False to load anyway")
-        saved = state_dict.get("state", {})
+        saved = self._upgrade_state(state_dict.get("state", {}))
         self._load_host_state(state_dict.get("host", {}))
+        self._derived_valid = False
         if not saved:
-            self._state = None
+            self._state, self._buffer = None, None
             return
-        if self._state is not None and set(saved) != set(self._state):
-            raise ValueError(f"state_dict holds tensors {sorted(saved)}, expected {sorted(self._state)}")
+        names = set(self._state) if self._state is not None else set(self._new_state(torch.device("meta")))
+        if set(saved) != names:
+            raise ValueError(f"state_dict holds tensors {sorted(saved)}, expected {sorted(names)}")
         if self._state is None or any(saved[k].shape != t.shape for k, t in self._state.items()):
-            self._state = {k: t.detach().clone() for k, t in saved.items()}
+            device = next(iter(saved.values())).device
+            self._state = self._allocate({k: t.detach().clone() for k, t in saved.items()}, device)
             return
         for k, t in self._state.items():  # in place: buffers keep their addresses (CUDA graphs)
             t.copy_(saved[k])
+
+    def _upgrade_state(self, saved: dict) -> dict:
+        """A state saved by an earlier fastclip, in this version's layout (default: as it is)."""
+        return saved
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
@@ -274,6 +404,9 @@ class FixedClipper(Clipper):
         Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
         ICML 2013 (arXiv 1211.5063).
     """
+
+    _POLICY = POLICY_FIXED
+    _SLOTS = {"threshold": POLICY_WORD_STAT0}
 
     def __init__(self, max_norm: float, *, norm_type=2.0, nonfinite: str = "propagate"):
         super().__init__(norm_type=norm_type, nonfinite=nonfinite)
@@ -349,8 +482,16 @@ class MeanClipper(Clipper):
                                 else _check_number(warmup_max_norm, "warmup_max_norm", low=0.0, allow_inf=True))
         self.running = bool(running)
 
+    _POLICY = POLICY_MEAN
+    _SLOTS = {"count": POLICY_WORD_COUNT, "sum": POLICY_WORD_STAT0}
+
     def _config(self) -> dict:
         return {"warmup_steps": self.warmup_steps, "factor": self.factor, "warmup_max_norm": self.warmup_max_norm,
+                "running": self.running}
+
+    def _settings(self) -> dict:
+        warm = math.inf if self.warmup_max_norm is None else self.warmup_max_norm
+        return {"warmup_steps": self.warmup_steps, "factor": self.factor, "warmup_max_norm": warm,
                 "running": self.running}
 
     def _new_state(self, device):
@@ -388,7 +529,9 @@ class PercentileClipper(Clipper):
     Two history modes:
 
     * ``window=N``: the last N finite norms, in a fixed ring buffer.  Constant cost per step
-      (a sort of N values), fixed buffers: CUDA-graph capturable.
+      (a sort of N values), fixed buffers: CUDA-graph capturable.  On the Triton path with
+      N <= 4096 the scale launch computes it (no sort: the policy buffer also keeps the window
+      sorted, and each step exchanges the oldest norm for the new one at their ranks).
     * ``window=None`` (AutoClip's unbounded history): every finite norm since the start.  The
       buffer grows by doubling from ``capacity``, decided on the host from the number of calls (an
       upper bound of the number of recorded norms, known without reading the device), so growth
@@ -428,8 +571,26 @@ class PercentileClipper(Clipper):
         self.capacity = _check_int(capacity, "capacity", low=1)
         self._calls = 0  # host-side count of steps: bounds the number of recorded norms, no sync
 
+    _SLOTS = {"history": POLICY_WORD_ARRAYS, "count": POLICY_WORD_COUNT}
+
     def _config(self) -> dict:
         return {"percentile": self.percentile, "window": self.window}
+
+    def _kernel_policy(self) -> int:
+        fits = self.window is not None and self.window <= POLICY_MAX_WINDOW
+        return POLICY_PERCENTILE if fits else POLICY_NONE
+
+    def _settings(self) -> dict:
+        return {"window": self.window, "quantile": self.percentile / 100.0}
+
+    def _array_words(self) -> int:
+        return 3 * self.window  # the ring, then two sorted copies of it
+
+    def _refresh_derived(self) -> None:
+        # both sorted copies (the kernel reads copy count % 2): no need to read the count
+        start = POLICY_WORD_ARRAYS + self.window
+        copies = self._buffer[start: start + 2 * self.window].view(2, self.window)
+        copies.copy_(torch.sort(self._state["history"]).values)
 
     def _host_state(self) -> dict:
         return {"calls": self._calls}
@@ -484,9 +645,11 @@ class ZClipper(Clipper):
     ``clip_option='adaptive_scaling'`` (``clip_option='mean'`` is available too); ZClip's
     ``'percentile'`` mode is not implemented.  With :math:`g_t` the norm of step t:
 
-    * warm-up: the first ``warmup_steps`` norms are collected; after the last one,
-      :math:`\mu` = their mean and :math:`\sigma^2` = their (population) variance.  During
-      warm-up the threshold is ``max_norm`` (None: no clipping).
+    * warm-up: over the first ``warmup_steps`` norms, :math:`\mu` = their mean and
+      :math:`\sigma^2` = their (population) variance, accumulated one norm per step with
+      Welford's update (a fixed order of operations that the kernel computes identically; the
+      official code sums a buffer of them, which differs in the last bits).  During warm-up the
+      threshold is ``max_norm`` (None: no clipping).
     * then, with :math:`\sigma = \sqrt{\sigma^2}` and :math:`z_t = (g_t - \mu)/(\sigma + \epsilon)`:
       if :math:`z_t > z_\text{thresh}` the step is a spike and
 
@@ -563,35 +726,59 @@ class ZClipper(Clipper):
                 "clip_option": self.clip_option, "clip_factor": self.clip_factor, "max_norm": self.max_norm,
                 "skip_update_on_spike": self.skip_update_on_spike, "eps": self.eps}
 
+    _POLICY = POLICY_ZCLIP
+    _SLOTS = {"count": POLICY_WORD_COUNT, "mean": POLICY_WORD_STAT0, "var": POLICY_WORD_STAT1}
+
+    def _settings(self) -> dict:
+        return {"warmup_steps": self.warmup_steps, "alpha": self.alpha, "one_minus_alpha": 1.0 - self.alpha,
+                "z_thresh": self.z_thresh, "clip_factor": self.clip_factor,
+                "max_norm": math.inf if self.max_norm is None else self.max_norm, "eps": self.eps,
+                "clip_to_mean": self.clip_option == "mean", "skip_update_on_spike": self.skip_update_on_spike}
+
     def _new_state(self, device):
+        # during warm-up `mean` is the running mean and `var` the sum of squared deviations
         return {"count": torch.zeros((), dtype=torch.int64, device=device),
-                "warmup": torch.zeros(self.warmup_steps, dtype=_STAT, device=device),
                 "mean": torch.zeros((), dtype=_STAT, device=device),
                 "var": torch.zeros((), dtype=_STAT, device=device)}
 
+    def _upgrade_state(self, saved: dict) -> dict:
+        if "warmup" not in saved:
+            return saved
+        # states saved before the kernel policies kept the warm-up norms: replay them through Welford
+        saved = dict(saved)
+        norms = saved.pop("warmup")
+        count = int(saved["count"])  # a host read, at load time only
+        if count < norms.numel():
+            mean, m2 = torch.zeros_like(saved["mean"]), torch.zeros_like(saved["var"])
+            for i in range(count):
+                delta = norms[i] - mean
+                mean = mean + delta / (i + 1)
+                m2 = m2 + delta * (norms[i] - mean)
+            saved["mean"], saved["var"] = mean, m2
+        return saved
+
     @property
     def mean(self) -> torch.Tensor | None:
-        """EMA mean of the norm (0-d float64 device tensor; meaningless before warm-up ends)."""
+        """EMA mean of the norm (0-d float64 device tensor; the running mean during warm-up)."""
         return None if self._state is None else self._state["mean"]
 
     @property
     def std(self) -> torch.Tensor | None:
-        """EMA standard deviation of the norm (0-d float64 device tensor)."""
-        return None if self._state is None else torch.sqrt(self._state["var"])
+        """EMA standard deviation of the norm (0-d float64 device tensor; meaningless during warm-up)."""
+        return None if self._state is None else _sqrt_rn(self._state["var"])
 
     def _threshold(self, state, norm, finite):
-        count, buf, mean, var = state["count"], state["warmup"], state["mean"], state["var"]
+        count, mean, var = state["count"], state["mean"], state["var"]
         warming = count < self.warmup_steps
-        # warm-up: store the norm at slot `count` (rewrite the slot when not recording)
-        slot = torch.clamp(count, max=self.warmup_steps - 1).reshape(1)
         record = warming & finite
-        buf.scatter_(0, slot, torch.where(record, norm, buf.gather(0, slot)).reshape(1))
+        # warm-up: Welford's running mean and sum of squared deviations, one norm per step
+        delta = norm - mean
+        run_mean = mean + delta / (count + 1)
+        run_m2 = var + delta * (norm - run_mean)
         init = record & (count == self.warmup_steps - 1)  # this norm completes the warm-up
-        init_mean = buf.mean()
-        init_var = torch.square(buf - init_mean).mean()
         # z-score phase, on the statistics of the previous steps
         active = torch.logical_not(warming) & finite
-        std = torch.sqrt(var)
+        std = _sqrt_rn(var)
         z = (norm - mean) / (std + self.eps)
         spike = active & (z > self.z_thresh)
         if self.clip_option == "adaptive_scaling":
@@ -605,8 +792,9 @@ class ZClipper(Clipper):
         u = torch.where(spike, clip_val, norm)
         new_mean = mean * self.alpha + u * (1.0 - self.alpha)
         new_var = var * self.alpha + torch.square(u - new_mean) * (1.0 - self.alpha)
-        mean.copy_(torch.where(init, init_mean, torch.where(update, new_mean, mean)))
-        var.copy_(torch.where(init, init_var, torch.where(update, new_var, var)))
+        mean.copy_(torch.where(record, run_mean, torch.where(update, new_mean, mean)))
+        var.copy_(torch.where(record, torch.where(init, run_m2 / self.warmup_steps, run_m2),
+                              torch.where(update, new_var, var)))
         count.add_(finite)
         return threshold
 

@@ -26,6 +26,37 @@ NORM_P2, NORM_P1, NORM_INF, NORM_GENERAL = 0, 1, 2, 3
 #: Alignment (bytes) a chunk's address needs to take the vectorized (128-bit load) path.
 VECTOR_ALIGN_BYTES = 16
 
+#: Clipper policies the scale launch computes itself (its ``POLICY`` constexpr; kernels/policy_ops.py).
+POLICY_NONE, POLICY_FIXED, POLICY_MEAN, POLICY_ZCLIP, POLICY_PERCENTILE = 0, 1, 2, 3, 4
+#: What a clipper does with a non-finite norm (a word of its policy buffer).
+NONFINITE_PROPAGATE, NONFINITE_SKIP, NONFINITE_ERROR = 0, 1, 2
+
+#: Layout of a clipper's policy buffer: one float64 tensor on the gradients' device, addressed in
+#: 8-byte words; counts, sizes and flags are int64 words (the same bytes viewed as int64).
+#: The clipper's public state tensors are views of their slots; settings are written once.
+POLICY_WORD_TICKET = 0  # int64: programs of the running launch that have read the state (reset to 0)
+POLICY_WORD_NONFINITE = 1  # int64: NONFINITE_*
+POLICY_WORD_COUNT = 2  # int64: finite steps seen (mean, zclip, percentile)
+POLICY_WORD_STAT0 = 3  # float64: fixed: threshold; mean: sum of norms; zclip: mean
+POLICY_WORD_STAT1 = 4  # float64: zclip: variance (during warm-up: sum of squared deviations)
+POLICY_WORD_SETTINGS = 5  # hyper-parameters, written once: see POLICY_SETTINGS
+POLICY_WORD_ARRAYS = 15  # percentile: ring of the last `window` norms, then two sorted copies of it
+POLICY_SETTINGS_WORDS = POLICY_WORD_ARRAYS - POLICY_WORD_SETTINGS
+
+#: Each policy's settings words, in order from POLICY_WORD_SETTINGS; ``:i`` marks an int64 word.
+#: An absent optional threshold is +inf (min(x, inf) = x), a flag is 0 or 1.
+POLICY_SETTINGS = {
+    POLICY_FIXED: (),
+    POLICY_MEAN: ("warmup_steps:i", "factor", "warmup_max_norm", "running:i"),
+    POLICY_ZCLIP: ("warmup_steps:i", "alpha", "one_minus_alpha", "z_thresh", "clip_factor", "max_norm", "eps",
+                   "clip_to_mean:i", "skip_update_on_spike:i"),
+    POLICY_PERCENTILE: ("window:i", "quantile"),
+}
+assert all(len(words) <= POLICY_SETTINGS_WORDS for words in POLICY_SETTINGS.values()), "settings overlap the arrays"
+
+#: Largest percentile window the scale launch ranks itself (each program reads the window once).
+POLICY_MAX_WINDOW = 4096
+
 
 @dataclasses.dataclass(frozen=True)
 class LaunchSettings:

@@ -18,13 +18,26 @@ fp64 for fp64 grads) and ``max_norm / (norm + 1e-6)`` is an IEEE-rounded divisio
 Grads of 16- and 32-bit types are multiplied in fp32 (torch's opmath), fp64 grads in fp64.
 
 The same kernel, with constexpr switches, also finishes a norm without scaling
-(``total_norm``), scales by a given norm (``clip_with_norm_``), and clamps (``clip_value_``).
+(``total_norm``), scales by a given norm (``clip_with_norm_``), clamps (``clip_value_``), and runs
+a clipper's step (``POLICY``: the threshold comes from the clipper's device state, see
+``policy_ops``; still two launches per step).
+
+It is compiled without FMA contraction (``COMPILE_OPTIONS``): its scalar arithmetic (the norm,
+the coefficient, a clipper's policy) is then IEEE-rounded operation by operation, as torch's,
+which is what makes the clipper results bitwise those of the torch-op reference.  The rewrite
+loops only multiply, so this costs them nothing.
 """
 import triton
 import triton.language as tl
 
 from .chunk_ops import CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, f64_from_bits, nan_max_reduce, unpack_chunk
-from .launch_settings import f64_bits, persistent_grid
+from .launch_settings import POLICY_NONE, f64_bits, persistent_grid
+from .policy_ops import clip_coef, policy_coef
+
+NO_POLICY = tl.constexpr(POLICY_NONE)
+
+#: Compile options of every scale launch: no FMA contraction (mul and add rounded separately).
+COMPILE_OPTIONS = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -50,18 +63,21 @@ def _scale_kernel(
     n_programs,  # grid size (passed in: tl.num_programs is not a scalar in the interpreter)
     partials_ptr,  # float64 [n_partials]: the norm launch's per-program partials
     n_partials,  # number of partials (the norm launch's grid size)
-    norm_ptr,  # 0-d norm: written by program 0 if FINISH_NORM, else read
+    norm_ptr,  # 0-d norm: written by program 0 if FINISH_NORM, else read; with POLICY [norm, threshold, coef]
     max_norm_ptr,  # 0-d threshold on the device, read if MAX_NORM_FROM_PTR
     max_norm_bits,  # the threshold as float64 bits, used if not MAX_NORM_FROM_PTR
     inv_p_bits,  # 1 / p as float64 bits, used only when KIND is general
     inv_scale_ptr,  # float32 [1]: GradScaler's 1/scale, read if UNSCALE
-    found_inf_ptr,  # float32 [1]: GradScaler's found_inf, written (1.0 / 0.0) if UNSCALE
+    found_inf_ptr,  # float32 [1]: found_inf, written (1.0 / 0.0) if UNSCALE (GradScaler's) or POLICY
+    policy_ptr,  # float64 [...]: the clipper's state and settings (policy_ops), read and updated if POLICY
+    clipped_ptr,  # bool [1]: whether the grads were rewritten, written if POLICY
     KIND: tl.constexpr,  # P2, P1, PINF or PGENERAL (chunk_ops)
     NORM_FP64: tl.constexpr,  # the norm (and coefficient) is float64, else float32
     FINISH_NORM: tl.constexpr,  # reduce the partials into the norm (else read norm_ptr)
     APPLY: tl.constexpr,  # rescale the gradients when coef < 1
     MAX_NORM_FROM_PTR: tl.constexpr,  # threshold read from device memory (never syncs)
     UNSCALE: tl.constexpr,  # grads are loss-scaled: unscale while clipping (fused AMP step)
+    POLICY: tl.constexpr,  # NO_POLICY, or a clipper's policy (launch_settings.POLICY_*); needs FINISH_NORM
     P_BLOCK: tl.constexpr,  # power of 2 >= n_partials
     CHUNK: tl.constexpr,  # elements per full chunk
     BLOCK: tl.constexpr,  # elements per loop iteration
@@ -95,14 +111,15 @@ def _scale_kernel(
     else:
         norm = tl.load(norm_ptr).to(NORM_DTYPE)
     if APPLY:
-        if MAX_NORM_FROM_PTR:
-            threshold = tl.load(max_norm_ptr).to(NORM_DTYPE)
+        if POLICY != NO_POLICY:
+            # a clipper step: every program derives the threshold from the clipper's state itself
+            coef = policy_coef(norm, policy_ptr, norm_ptr, clipped_ptr, found_inf_ptr, n_programs, POLICY, NORM_FP64)
         else:
-            threshold = f64_from_bits(max_norm_bits).to(NORM_DTYPE)  # torch rounds a Python float the same way
-        if NORM_FP64:
-            coef = threshold / (norm + 1e-6)  # fp64 division is IEEE-rounded already
-        else:
-            coef = tl.div_rn(threshold, norm + 1e-6)  # fp32 `/` would be the approximate div.full
+            if MAX_NORM_FROM_PTR:
+                threshold = tl.load(max_norm_ptr).to(NORM_DTYPE)
+            else:
+                threshold = f64_from_bits(max_norm_bits).to(NORM_DTYPE)  # torch rounds a Python float the same way
+            coef = clip_coef(threshold, norm, NORM_FP64)
         if UNSCALE:
             # the unscale must be written even at coef 1; nothing is written when the step will
             # be skipped (found_inf): GradScaler discards those grads anyway
@@ -132,24 +149,30 @@ def _clamp_kernel(
 
 
 def launch_scale(table, n_chunks, partials, n_partials, norm, max_norm, p, kind, norm_fp64, *,
-                 finish_norm, apply, settings, inv_scale=None, found_inf=None):
+                 finish_norm, apply, settings, inv_scale=None, found_inf=None, policy=None):
     """Launch the scale kernel; ``max_norm`` is a float or a 0-d tensor on the grads' device.
 
     ``n_partials`` is the grid of the norm launch that filled ``partials``.  With ``inv_scale`` and
-    ``found_inf`` (GradScaler's tensors) the grads are unscaled as well.
+    ``found_inf`` (GradScaler's tensors) the grads are unscaled as well.  With ``policy = (code,
+    buffer, clipped)`` a clipper's policy gives the threshold (``max_norm`` is unused): ``norm``
+    is then a [3] tensor for norm, threshold and coefficient, ``clipped`` (bool) and
+    ``found_inf`` (float32) receive the flags, and ``buffer`` (the policy buffer) is updated.
     """
     from_ptr = not isinstance(max_norm, (int, float))
     unscale = inv_scale is not None
+    code, policy_buffer, clipped = policy if policy is not None else (POLICY_NONE, partials, partials)
+    # the compile options ride with the constexprs, so persistent_grid sizes the variant that runs
     constexprs = dict(KIND=kind, NORM_FP64=norm_fp64, FINISH_NORM=finish_norm, APPLY=apply,
-                      MAX_NORM_FROM_PTR=from_ptr, UNSCALE=unscale,
+                      MAX_NORM_FROM_PTR=from_ptr, UNSCALE=unscale, POLICY=code,
                       P_BLOCK=triton.next_power_of_2(max(partials.numel(), 1)),
-                      CHUNK=settings.chunk, BLOCK=settings.block)
+                      CHUNK=settings.chunk, BLOCK=settings.block, **COMPILE_OPTIONS)
     args = [
         table, n_chunks, 3, partials, n_partials, norm,
         max_norm if from_ptr else norm,  # any valid pointer when unused
         f64_bits(0.0 if from_ptr else max_norm),
         f64_bits(1.0 / p if p not in (0.0, float("inf")) else 1.0),
-        inv_scale if unscale else partials, found_inf if unscale else partials,
+        inv_scale if unscale else partials, found_inf if found_inf is not None else partials,
+        policy_buffer, clipped,
     ]
     # without a rewrite pass one program reduces the partials; with one, a persistent grid
     grid = persistent_grid(_scale_kernel, args, constexprs, table.device, n_chunks, settings,

@@ -220,6 +220,32 @@ def test_zclipper_follows_the_official_zscore_rule(kwargs):
     assert np.isfinite(expected).sum() >= 3  # the trace has spikes that ZClip clips
 
 
+def test_zclipper_warmup_statistics_are_welfords_in_step_order():
+    """The reference's fixed order of operations (the kernel computes the same bits): Welford's
+    running mean and sum of squared deviations, then the population variance at the last step."""
+    norms = recorded_norms(8)
+    clipper = ZClipper(warmup_steps=6)
+    results = feed(clipper, norms[:6])
+    mean = m2 = 0.0
+    for n, x in enumerate(column(results, "norm"), start=1):
+        delta = x - mean
+        mean += delta / n
+        m2 += delta * (x - mean)
+    assert float(clipper.mean) == mean and float(clipper._state["var"]) == m2 / 6
+    np.testing.assert_allclose([mean, m2 / 6], [np.mean(norms[:6]), np.var(norms[:6])], rtol=1e-14)
+
+
+def test_reference_square_root_is_correctly_rounded():
+    """torch.sqrt on the CPU (MKL) misrounds ~1 % of doubles; the reference's sqrt must not."""
+    from fastclip.adaptive import _sqrt_rn
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(20000, generator=gen, dtype=torch.float64) * torch.exp2(
+        torch.randint(-40, 40, (20000,), generator=gen).double())
+    expected = torch.tensor([math.sqrt(v) for v in x.tolist()], dtype=torch.float64)
+    assert torch.equal(_sqrt_rn(x), expected)
+
+
 def test_zclipper_defaults_are_the_published_ones():
     clipper = ZClipper()
     published = (0.97, 2.5, 25, "adaptive_scaling")

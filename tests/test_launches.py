@@ -286,3 +286,58 @@ def test_cuda_clip_is_bitwise_deterministic_run_to_run(monkeypatch):
     for a, b in zip(grads1, grads2):
         assert torch.equal(a, b)
     assert_norm_accurate(norm1, grads(params), 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# clipper steps (fastclip.adaptive): the policy runs inside the scale launch
+
+CLIPPERS = {
+    "fixed": lambda: fastclip.FixedClipper(1.0),
+    "mean": lambda: fastclip.MeanClipper(2, running=True, nonfinite="skip"),
+    "zclip-adaptive": lambda: fastclip.ZClipper(warmup_steps=2, max_norm=5.0),
+    "zclip-mean": lambda: fastclip.ZClipper(warmup_steps=2, clip_option="mean", skip_update_on_spike=True),
+    "percentile-window": lambda: fastclip.PercentileClipper(25.0, window=4),
+    "error-mode": lambda: fastclip.ZClipper(warmup_steps=2, nonfinite="error"),
+}
+#: warm-up, its end, a spike, a non-finite step (the error mode gets a finite one instead)
+CLIPPER_STEP_SCALES = (1.0, 1.1, 0.9, 50.0, float("nan"), 1.0)
+
+
+@triton_only
+@pytest.mark.parametrize("policy", list(CLIPPERS))
+def test_every_clipper_step_is_the_two_launches_of_clip(backend, device, launches, policy):
+    params = tiny_mixed_params(10, device) + make_params([(700,)], device=device)
+    originals = [g.clone() for g in grads(params)]
+    clipper = CLIPPERS[policy]()
+    for step, scale in enumerate(CLIPPER_STEP_SCALES):
+        if policy == "error-mode" and scale != scale:
+            scale = 2.0
+        for g, g0 in zip(grads(params), originals):
+            g.copy_(g0 * scale)  # the same buffers every step, as in training
+        before = [g.clone() for g in grads(params)]
+        launches.clear()
+
+        result = clipper(params)
+
+        assert launches == ["launch_norm_partials", "launch_scale"], f"step {step}"
+        if scale == scale:  # the launches computed the right thing: norm and rescale
+            expected = assert_norm_accurate(result.norm, before, 2)
+            coef = ref_coef(float(result.threshold), expected)
+            for g, g0 in zip(grads(params), before):
+                ref = g0.double() * coef
+                atol, rtol = TOL[g.dtype]
+                torch.testing.assert_close(g.double(), ref, rtol=rtol, atol=atol * ref.abs().max().item())
+
+
+@triton_only
+@pytest.mark.parametrize("make", [lambda: fastclip.PercentileClipper(25.0),
+                                  lambda: fastclip.PercentileClipper(25.0, window=5000)],
+                         ids=["unbounded", "window-5000"])
+def test_percentile_clippers_the_kernel_does_not_rank_use_three_launches(backend, device, launches, make):
+    """total_norm (2 launches) + clip_with_norm_ (1), the policy as torch ops in between."""
+    params = make_params([(700,), (9,)], device=device)
+    clipper = make()
+    for _ in range(3):
+        launches.clear()
+        clipper(params)
+        assert launches == ["launch_norm_partials", "launch_scale", "launch_scale"]

@@ -56,3 +56,16 @@ def test_scale_path_uses_128_bit_loads_and_stores(report):
     for r in (r for r in report if "apply=True" in r["name"] or r["name"] == "clamp"):
         assert r["ld_v4_b32"] >= 4 and r["st_v4_b32"] >= 4, r
         assert r["ld_v2_b64"] >= 4 and r["st_v2_b64"] >= 4, r
+
+
+def test_every_clipper_policy_is_compiled_without_fma_contraction(report):
+    """The policy arithmetic must round each float64 mul and add as torch does (no fma.rn.f64 at
+    p = 2; a general p keeps the explicit FMAs of libdevice's log2/exp2 in the norm)."""
+    from fastclip.kernels.launch_settings import POLICY_FIXED, POLICY_MEAN, POLICY_PERCENTILE, POLICY_ZCLIP
+
+    policy_rows = [r for r in report if " policy=" in r["name"]]
+    compiled = {r["name"].rsplit("policy=", 1)[1] for r in policy_rows}
+    assert compiled == {str(p) for p in (POLICY_FIXED, POLICY_MEAN, POLICY_ZCLIP, POLICY_PERCENTILE)}
+    for r in policy_rows:
+        if "kind=0 " in r["name"]:
+            assert r["fma_f64"] == 0, r
