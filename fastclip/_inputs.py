@@ -103,6 +103,17 @@ def check_threshold(value, name: str):
     return value
 
 
+def check_total_norm(total_norm) -> torch.Tensor:
+    """A precomputed norm as a 0-d tensor: a number, or a one-element floating tensor (not read)."""
+    if not isinstance(total_norm, torch.Tensor):
+        return torch.tensor(float(total_norm))
+    if total_norm.numel() != 1 or not total_norm.is_floating_point():
+        raise ValueError(f"total_norm must be a one-element floating-point Tensor, got shape "
+                         f"{tuple(total_norm.shape)} and dtype {total_norm.dtype}")
+    # a (replicated) DTensor norm is kept whole: fastclip.distributed takes its full tensor
+    return total_norm if is_dtensor(total_norm) else total_norm.reshape(())
+
+
 def check_foreach(foreach) -> None:
     """``foreach`` is accepted for torch compatibility (fastclip always fuses); it must be None or a bool."""
     if foreach is not None and not isinstance(foreach, bool):
