@@ -1,6 +1,7 @@
 """One dispatcher for every entry point: which device's gradients go where, and through which backend.
 
-``collect(items, of_params)`` reads the gradients; ``route(grads, key)`` returns one ``DeviceWork`` per
+``collect(items, of_params)`` reads the gradients (with the native helper, ``fastclip.native``,
+their cache key too, in the same C++ pass); ``route(grads, key)`` returns one ``DeviceWork`` per
 device, each carrying the backend that serves it (``fastclip._backend.Backend``: the Triton
 kernels or plain PyTorch), so entry points call ``work.backend.<operation>(work, grads, ...)``
 without knowing which.  Two regimes, chosen to keep host cost low:
@@ -50,10 +51,25 @@ class DeviceWork:
         return grads if self.indices is None else [grads[i] for i in self.indices]
 
 
+def _native():
+    """The native helper module or None (``fastclip.native``, imported on the first call only,
+    so ``python -m fastclip.native`` finds it unimported).  Tests replace this function."""
+    global _native
+    from . import native
+
+    _native = native.module
+    return native.module()
+
+
 def collect(items: list, of_params: bool) -> tuple[list, bytes | None]:
     """(gradients, key): the non-None ``.grad`` of each item (``of_params``) or the items
     themselves, and their native cache key (None without the helper, or for anything it leaves
     to Python: subclasses such as DTensor, non-tensors, sparse tensors)."""
+    helper = _native()
+    if helper is not None:
+        grads, key = helper.collect(items, of_params, _native_keys)
+        if grads is not None:
+            return grads, key
     return (_inputs.grads_of(items) if of_params else items), None
 
 
