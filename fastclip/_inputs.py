@@ -19,7 +19,10 @@ _grad_of = operator.attrgetter("grad")
 
 
 def as_tensor_list(tensors, what: str = "parameters") -> list:
-    """A Tensor becomes ``[tensor]``; an iterable is materialised (an empty generator warns)."""
+    """A Tensor becomes ``[tensor]``; an iterable is materialised (an empty generator warns); a
+    list is returned as it is (it is only read: copying 20 000 items would cost ~50 us a call)."""
+    if type(tensors) is list:
+        return tensors
     if isinstance(tensors, torch.Tensor):
         return [tensors]
     if isinstance(tensors, (str, bytes)) or not hasattr(tensors, "__iter__"):

@@ -63,11 +63,10 @@ def _load_built():
     if not os.path.exists(_SOURCE):
         return None
     folder, name = location()
-    path = os.path.join(folder, name + importlib.machinery.EXTENSION_SUFFIXES[-1])
-    if not os.path.exists(path):
-        path = os.path.join(folder, name + ".so")  # torch.utils.cpp_extension's name
-        if not os.path.exists(path):
-            return None
+    # the names torch.utils.cpp_extension.load gives the module it builds
+    path = next((p for p in (os.path.join(folder, name + ext) for ext in (".so", ".pyd")) if os.path.exists(p)), None)
+    if path is None:
+        return None
     try:
         loader = importlib.machinery.ExtensionFileLoader(name, path)
         spec = importlib.util.spec_from_file_location(name, path, loader=loader)
