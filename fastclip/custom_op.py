@@ -38,7 +38,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import _engine, _inputs, distributed
+from . import _dispatch, _engine, _inputs, distributed
 
 __all__ = ["available", "is_compiling", "clip_", "total_norm", "clip_with_norm_", "clip_value_"]
 
@@ -74,8 +74,9 @@ if available:
                  error_if_nonfinite: bool, per_tensor: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         _, kind = _inputs.parse_norm_type(p)
         max_norm = _inputs.check_threshold(max_norm if max_norm_t is None else max_norm_t, "max_norm")
+        grads, key = _dispatch.collect(list(grads), of_params=False)
         with torch.no_grad():
-            out = _engine.clip(list(grads), max_norm, p, kind, error_if_nonfinite, per_tensor)
+            out = _engine.clip(grads, max_norm, p, kind, error_if_nonfinite, per_tensor, key)
         if per_tensor:
             return out[0], out[1].to(out[0].dtype)
         return out, _empty_like_norm(out)
@@ -88,8 +89,9 @@ if available:
     def _total_norm_op(tensors: List[torch.Tensor], p: float, error_if_nonfinite: bool,
                        per_tensor: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         _, kind = _inputs.parse_norm_type(p)
+        tensors, key = _dispatch.collect(list(tensors), of_params=False)
         with torch.no_grad():
-            out = _engine.total_norm(list(tensors), p, kind, error_if_nonfinite, per_tensor)
+            out = _engine.total_norm(tensors, p, kind, error_if_nonfinite, per_tensor, key)
         if per_tensor:
             return out[0], out[1].to(out[0].dtype)
         return out, _empty_like_norm(out)
@@ -102,8 +104,9 @@ if available:
     def _clip_with_norm_op(grads: List[torch.Tensor], max_norm: float, max_norm_t: Optional[torch.Tensor],
                            norm: torch.Tensor) -> None:
         max_norm = _inputs.check_threshold(max_norm if max_norm_t is None else max_norm_t, "max_norm")
+        grads, key = _dispatch.collect(list(grads), of_params=False)
         with torch.no_grad():
-            _engine.clip_with_norm(list(grads), max_norm, _inputs.check_total_norm(norm))
+            _engine.clip_with_norm(grads, max_norm, _inputs.check_total_norm(norm), key)
 
     @_clip_with_norm_op.register_fake
     def _(grads, max_norm, max_norm_t, norm):
@@ -112,8 +115,9 @@ if available:
     @torch.library.custom_op("fastclip::clip_value_", mutates_args=("grads",))
     def _clip_value_op(grads: List[torch.Tensor], clip_value: float) -> None:
         clip_value = _inputs.check_threshold(clip_value, "clip_value")
+        grads, key = _dispatch.collect(list(grads), of_params=False)
         with torch.no_grad():
-            _engine.clamp(list(grads), clip_value)
+            _engine.clamp(grads, clip_value, key)
 
     @_clip_value_op.register_fake
     def _(grads, clip_value):
