@@ -173,7 +173,8 @@ def describe(provider: str, n: int, device: torch.device) -> dict:
 def stages(params: list, device: torch.device) -> dict:
     """Median host seconds of each stage of a cached ``clip_`` call (kernels stubbed on the CPU):
     ``collect`` (gradients + key), ``route`` (cache hit), ``launches`` (the backend's host code),
-    ``call`` (the whole call); ``checks`` = call - the three (API wrapper, argument checks)."""
+    ``call`` (the whole call); ``checks`` = call - the three (API wrapper, argument checks: a
+    difference of four medians, so noisy, even negative, on a busy machine)."""
     import timing
 
     from fastclip._dispatch import collect, route

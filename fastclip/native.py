@@ -52,7 +52,11 @@ def _tag() -> str:
 
 
 def location() -> tuple[str, str]:
-    """(build folder, module name) of the helper for this source, torch and Python."""
+    """Where the helper for this source, torch and Python lives.
+
+    Returns:
+        tuple[str, str]: (build folder, module name); the module file is ``<name>.so`` in it.
+    """
     root = os.environ.get("FASTCLIP_NATIVE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastclip", "native")
     tag = _tag()
@@ -94,7 +98,12 @@ def _self_check(mod) -> None:
 
 
 def module():
-    """The loaded helper module, or None (not built, disabled with FASTCLIP_NATIVE=off, or broken)."""
+    """The loaded helper, loading it on the first call.
+
+    Returns:
+        module or None: None when it isn't built for this torch and Python, is disabled with
+        ``FASTCLIP_NATIVE=off``, or fails its load-time check.
+    """
     global _module
     if _module is _UNSET:
         setting = os.environ.get("FASTCLIP_NATIVE", "auto").strip().lower()
@@ -103,13 +112,34 @@ def module():
 
 
 def available() -> bool:
-    """True when fastclip uses the native helper."""
+    """Whether fastclip reads gradients with the native helper in this process.
+
+    Returns:
+        bool: True when :func:`module` found a working build.
+
+    Example::
+
+        >>> import fastclip.native
+        >>> fastclip.native.available() in (True, False)
+        True
+    """
     return module() is not None
 
 
 def build(verbose: bool = False) -> str:
-    """Compile the helper against the installed torch (C++ compiler and ninja needed); returns
-    the path of the built module.  Loads it for the rest of this process too."""
+    """Compile the helper against the installed torch (a C++ compiler and ninja are needed, about
+    a minute) and load it for the rest of this process.  ``python -m fastclip.native`` calls this.
+
+    Args:
+        verbose (bool, optional): show the compiler's commands and output. Default: False
+
+    Returns:
+        str: the path of the built module.
+
+    Raises:
+        RuntimeError (or the compiler's error): the build failed, or the built module failed its
+        check; fastclip keeps using the Python path.
+    """
     global _module
     from torch.utils import cpp_extension
 
