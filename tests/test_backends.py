@@ -7,7 +7,6 @@ import inspect
 import pathlib
 
 import pytest
-import torch
 
 import fastclip
 import fastclip._backend
