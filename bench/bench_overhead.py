@@ -1,8 +1,9 @@
 """pytest-benchmark: host overhead of one call, excluding kernel execution (see overhead.py).
 
-Groups ``overhead-<N>`` put fastclip's whole call, its route lookup and (on CUDA) torch's
-clip_grad_norm_ side by side for N = 150, 2 000 and 20 000 tensors.  Times are per call, from
-``iterations`` back-to-back calls per round, never synchronized.
+Groups ``overhead-<N>`` put fastclip's whole call, its gradient read + route lookup, and torch's
+clip_grad_norm_ on 1-element tensors side by side for N = 150, 2 000 and 20 000 tensors.  Times
+are per call, from ``iterations`` back-to-back calls per round, never synchronized.  Each
+fastclip case records whether the native helper read the keys (``extra_info["key"]``).
 
     python -m pytest bench/bench_overhead.py
 """

@@ -1,9 +1,12 @@
 """Host overhead of a fastclip call, measured alone: everything a call costs except kernel execution.
 
 What one ``fastclip.clip_(params, max_norm)`` costs the host with a cached plan: reading
-``.grad`` of every parameter, argument checks, the signature pass and route lookup, allocating
+``.grad`` of every parameter and its cache key (in C++ with the native helper,
+``python -m fastclip.native``; else in Python), argument checks, the route lookup, allocating
 the 0-d norm, and issuing the two launches.  Measured for ``COUNTS`` tensors of ``NUMEL`` fp32
 elements each (the per-tensor work is what grows; tensor sizes don't matter once planned).
+torch's host cost is measured beside it on ``TORCH_NUMEL``-element tensors, where its compute is
+negligible: torch.nn.utils.clip_grad_norm_ with its defaults, really executed.
 
 * CPU: the Triton interpreter is on (``TRITON_INTERPRET=1`` before triton is imported) and
   ``FASTCLIP_BACKEND=triton`` routes the call through the Triton backend.  The two JIT kernels
@@ -17,11 +20,13 @@ elements each (the per-tensor work is what grows; tensor sizes don't matter once
   microseconds for these sizes, so the launch queue never fills and blocks the host).
   torch.nn.utils.clip_grad_norm_ (foreach) is timed the same way for comparison.
 
-Providers: ``fastclip`` (the whole call), ``route`` (``fastclip._dispatch.route``: the per-call
-signature pass + cache lookup, the part that grows with the tensor count), ``torch-foreach``
-(CUDA only).
+Providers: ``fastclip`` (the whole call), ``route`` (``fastclip._dispatch.collect`` + ``route``:
+reading the gradients and their key, and the cache lookup, the part that grows with the tensor
+count), ``torch`` (CPU: clip_grad_norm_ on 1-element tensors) / ``torch-foreach`` (CUDA, same
+1-element tensors, foreach=True).
 
-Run as a script for a quick table without pytest: ``python bench/overhead.py``.
+Run as a script for a quick table without pytest: ``python bench/overhead.py``;
+``python bench/overhead.py --stages`` splits fastclip's call into its stages.
 """
 from __future__ import annotations
 
@@ -33,21 +38,41 @@ import torch
 
 COUNTS = (150, 2000, 20000)
 NUMEL = 256
+TORCH_NUMEL = 1
 MAX_NORM = 1e9  # nothing is ever clipped: repeated real launches leave the grads unchanged
 
 
 def providers(device: torch.device) -> tuple[str, ...]:
-    return ("fastclip", "route", "torch-foreach") if device.type == "cuda" else ("fastclip", "route")
+    return ("fastclip", "route", "torch-foreach" if device.type == "cuda" else "torch")
 
 
-def make_params(n: int, device: torch.device) -> list:
+def make_params(n: int, device: torch.device, numel: int = NUMEL) -> list:
     gen = torch.Generator(device=device).manual_seed(n)
     params = []
     for _ in range(n):
-        p = torch.nn.Parameter(torch.zeros((), device=device).expand(NUMEL))
-        p.grad = torch.randn(NUMEL, generator=gen, device=device)
+        p = torch.nn.Parameter(torch.zeros((), device=device).expand(numel))
+        p.grad = torch.randn(numel, generator=gen, device=device)
         params.append(p)
     return params
+
+
+_torch_params: dict = {}
+
+
+def torch_params(n: int, device: torch.device) -> list:
+    """``n`` parameters of ``TORCH_NUMEL`` elements (the last set is kept for the next provider call)."""
+    key = (n, str(device))
+    if key not in _torch_params:
+        _torch_params.clear()
+        _torch_params[key] = make_params(n, device, TORCH_NUMEL)
+    return _torch_params[key]
+
+
+def key_path() -> str:
+    """How fastclip reads the gradients' key in this process: ``native`` or ``python``."""
+    import fastclip.native
+
+    return "native" if fastclip.native.available() else "python"
 
 
 class _NoLaunch:
@@ -94,15 +119,16 @@ def host_only(device: torch.device):
 def call(provider: str, params: list):
     """The callable whose host time is measured."""
     import fastclip
-    from fastclip._dispatch import route
+    from fastclip._dispatch import collect, route
 
-    grads = [p.grad for p in params]
     if provider == "fastclip":
         return lambda: fastclip.clip_(params, MAX_NORM)
     if provider == "route":
-        return lambda: route(grads)
-    if provider == "torch-foreach":
-        return lambda: torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=True)
+        return lambda: route(*collect(params, True))
+    if provider in ("torch", "torch-foreach"):
+        small = torch_params(len(params), params[0].device)
+        foreach = True if provider == "torch-foreach" else None
+        return lambda: torch.nn.utils.clip_grad_norm_(small, MAX_NORM, foreach=foreach)
     raise ValueError(f"unknown overhead provider {provider!r}")
 
 
@@ -136,16 +162,55 @@ def loop_size(fn, device: torch.device) -> tuple[int, int]:
 
 
 def describe(provider: str, n: int, device: torch.device) -> dict:
+    if provider.startswith("torch"):
+        return {"provider": provider, "n_tensors": n, "numel_per_tensor": TORCH_NUMEL, "device": str(device),
+                "kernels": "real, not synchronized" if device.type == "cuda" else "real (1-element tensors)"}
     return {"provider": provider, "n_tensors": n, "numel_per_tensor": NUMEL, "device": str(device),
-            "kernels": "real launches, not synchronized" if device.type == "cuda" else "no-op launches (interpreter)"}
+            "kernels": "real launches, not synchronized" if device.type == "cuda" else "no-op launches (interpreter)",
+            "key": key_path()}
+
+
+def stages(params: list, device: torch.device) -> dict:
+    """Median host seconds of each stage of a cached ``clip_`` call (kernels stubbed on the CPU):
+    ``collect`` (gradients + key), ``route`` (cache hit), ``launches`` (the backend's host code),
+    ``call`` (the whole call); ``checks`` = call - the three (API wrapper, argument checks: a
+    difference of four medians, so noisy, even negative, on a busy machine)."""
+    import timing
+
+    from fastclip._dispatch import collect, route
+    from fastclip._inputs import parse_norm_type
+
+    p, kind = parse_norm_type(2.0)
+    grads, key = collect(params, True)
+    (work,) = route(grads, key)
+    fns = {
+        "collect": lambda: collect(params, True),
+        "route": lambda: route(grads, key),
+        "launches": lambda: work.backend.clip(work, grads, MAX_NORM, p, kind, torch.float32),
+        "call": call("fastclip", params),
+    }
+    out = {}
+    for name, fn in fns.items():
+        rounds, iters = loop_size(fn, device)
+        out[name] = timing.summarize(timing.plain_loop(fn, rounds, iters))["median"]
+    out["checks"] = out["call"] - out["collect"] - out["route"] - out["launches"]
+    return out
 
 
 def main() -> None:
-    """Plain table, no pytest: host microseconds per call."""
+    """Plain table, no pytest: host microseconds per call (``--stages``: per stage)."""
     import timing
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"host overhead per call on {device} (median, microseconds)")
+    if "--stages" in sys.argv[1:]:
+        print(f"stages of a cached clip_ call on {device}, key read by {key_path()} (median, microseconds)")
+        for n in COUNTS:
+            params = make_params(n, device)
+            with host_only(device):
+                t = stages(params, device)
+            print(f"{n:6d} tensors  " + "  ".join(f"{k} {v * 1e6:9.1f}" for k, v in t.items()))
+        return
+    print(f"host overhead per call on {device}, key read by {key_path()} (median, microseconds)")
     for n in COUNTS:
         params = make_params(n, device)
         row = [f"{n:6d} tensors"]

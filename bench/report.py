@@ -91,10 +91,14 @@ def clip_rows(doc: dict, previous: dict | None = None) -> list[dict]:
 
 
 def overhead_rows(doc: dict | None) -> list[dict]:
+    """Per tensor count: each provider's median (s), and how fastclip read the keys."""
     rows = {}
     for name, (t, extra) in medians(doc).items():
         if "n_tensors" in extra and "provider" in extra:
-            rows.setdefault(extra["n_tensors"], {"n_tensors": extra["n_tensors"]})[extra["provider"]] = t
+            row = rows.setdefault(extra["n_tensors"], {"n_tensors": extra["n_tensors"]})
+            row[extra["provider"]] = t
+            if extra["provider"] == "fastclip" and "key" in extra:
+                row["key"] = extra["key"]
     return [rows[k] for k in sorted(rows)]
 
 
@@ -166,14 +170,16 @@ def clip_cells(r: dict) -> list[str]:
             _delta(r["fastclip"], r.get("prev_fastclip"))]
 
 
-OVERHEAD_COLUMNS = ("tensors", "fastclip µs/call", "of which route µs", "torch µs/call", "fastclip ns/tensor")
+OVERHEAD_COLUMNS = ("tensors", "fastclip µs/call", "of which grads+route µs", "fastclip ns/tensor", "keys read by",
+                    "torch µs/call (1-elem)", "torch / fastclip")
 
 
 def overhead_cells(o: dict) -> list[str]:
     fc = o.get("fastclip")
+    th = o.get("torch") or o.get("torch-foreach")
     return [str(o["n_tensors"]), _f(fc and fc * 1e6, ".1f"), _f(o.get("route") and o["route"] * 1e6, ".1f"),
-            _f(o.get("torch-foreach") and o["torch-foreach"] * 1e6, ".1f"),
-            _f(fc and fc * 1e9 / o["n_tensors"], ".0f")]
+            _f(fc and fc * 1e9 / o["n_tensors"], ".0f"), o.get("key", ""),
+            _f(th and th * 1e6, ".1f"), _f(fc and th and th / fc, ".1f")]
 
 
 def markdown_table(columns, rows) -> str:

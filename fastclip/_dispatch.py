@@ -1,14 +1,19 @@
-"""One dispatcher for every entry point: which device's gradients go where.
+"""One dispatcher for every entry point: which device's gradients go where, and through which backend.
 
-``route(grads)`` returns one ``DeviceWork`` per device.  Two regimes, chosen to keep host cost low:
+``collect(items, of_params)`` reads the gradients (with the native helper, ``fastclip.native``,
+their cache key too, in the same C++ pass); ``route(grads, key)`` returns one ``DeviceWork`` per
+device, each carrying the backend that serves it (``fastclip._backend.Backend``: the Triton
+kernels or plain PyTorch), so entry points call ``work.backend.<operation>(work, grads, ...)``
+without knowing which.  Two regimes, chosen to keep host cost low:
 
 * Plain-PyTorch devices (the CPU outside the interpreter, or FASTCLIP_BACKEND=torch): the grads
   are grouped by (device, dtype) in one C++ call (torch's own ``_group_tensors_by_device_and_dtype``),
   which also rejects non-tensors; no per-call cache is needed.
-* Triton devices: the work list and its plan are cached under the gradients' signature (address,
-  dtype, size, flat-span flag of each) and the requested backend, so a training step that passes
-  the same gradient buffers again costs one signature pass and one dict lookup, builds no table
-  and copies nothing to the device.  A cache hit also means the gradients were validated.
+* Triton devices: the work list and its plan are cached under the gradients' key (address,
+  dtype, size, flat-span flag of each; native: also device and contiguity) and the requested
+  backend, so a training step that passes the same gradient buffers again costs one key pass
+  and one comparison, builds no table and copies nothing to the device.  A cache hit also means
+  the gradients were validated.
 """
 from __future__ import annotations
 
@@ -19,26 +24,53 @@ import operator
 import torch
 
 from . import _inputs
-from ._backend import requested_backend, triton_can_run_on, use_triton
+from ._backend import backend_for, requested_backend, triton_can_run_on, use_triton
 from ._layout import is_flat_span
 
 _ROUTES_KEPT = 8
 _routes: "collections.OrderedDict[tuple, list]" = collections.OrderedDict()
 _last: tuple | None = None  # (key, works) of the previous Triton call
+_native_keys: tuple = ()  # the native keys among _routes': what collect() compares against
 
 
 @dataclasses.dataclass
 class DeviceWork:
     device: torch.device
     indices: list | None  # positions of this device's grads; None = all of them
-    triton: bool
+    backend: object  # fastclip._backend.Backend: the module whose functions serve this device
     plan: object | None = None  # Triton: cached Plan when every grad is a flat span, else built per call
-    strided: bool = False  # Triton: some grad needs a contiguous copy (plan rebuilt per call)
+    strided: bool = False  # some grad needs a contiguous copy (Triton: plan rebuilt per call)
     has_fp64: bool = False  # some grad is float64 (the returned norm is float64)
     by_dtype: dict | None = None  # torch path: {dtype: [tensors]} of this device
 
+    @property
+    def triton(self) -> bool:
+        return self.backend.name == "triton"
+
     def grads(self, grads: list) -> list:
         return grads if self.indices is None else [grads[i] for i in self.indices]
+
+
+def _native():
+    """The native helper module or None (``fastclip.native``, imported on the first call only,
+    so ``python -m fastclip.native`` finds it unimported).  Tests replace this function."""
+    global _native
+    from . import native
+
+    _native = native.module
+    return native.module()
+
+
+def collect(items: list, of_params: bool) -> tuple[list, bytes | None]:
+    """(gradients, key): the non-None ``.grad`` of each item (``of_params``) or the items
+    themselves, and their native cache key (None without the helper, or for anything it leaves
+    to Python: subclasses such as DTensor, non-tensors, sparse tensors)."""
+    helper = _native()
+    if helper is not None:
+        grads, key = helper.collect(items, of_params, _native_keys)
+        if grads is not None:
+            return grads, key
+    return (_inputs.grads_of(items) if of_params else items), None
 
 
 _T = torch.Tensor
@@ -57,8 +89,10 @@ def signature(grads: list) -> tuple:
     return tuple(map(_T.data_ptr, grads)), tuple(map(_dtype_of, grads)), tuple(map(_T.numel, grads)), flat
 
 
-def route(grads: list) -> list[DeviceWork]:
-    """The per-device work list for ``grads`` (non-empty), validating them first."""
+def route(grads: list, key: bytes | None = None) -> list[DeviceWork]:
+    """The per-device work list for ``grads`` (non-empty), validating them first.
+
+    ``key`` is the native key :func:`collect` returned with ``grads`` (None: computed here)."""
     choice = requested_backend()
     first = grads[0]
     if not isinstance(first, torch.Tensor):
@@ -67,7 +101,15 @@ def route(grads: list) -> list[DeviceWork]:
         works = _torch_route(grads)
         if works is not None:
             return works
-    return _triton_route(grads, choice)
+    return _triton_route(grads, choice, key)
+
+
+def empty_work(device: torch.device) -> DeviceWork:
+    """The work of a rank that holds no gradients but must still run the launches (collectives)."""
+    backend = backend_for(device)
+    work = DeviceWork(device, None, backend)
+    backend.prepare(work, [])
+    return work
 
 
 def _torch_route(grads: list) -> list[DeviceWork] | None:
@@ -84,36 +126,46 @@ def _torch_route(grads: list) -> list[DeviceWork] | None:
         by_device.setdefault(device, {})[dtype] = tensors
     if len(by_device) > 1 and any(use_triton(d) for d in by_device):
         return None
-    for device in by_device:
-        use_triton(device)  # raises if FASTCLIP_BACKEND=triton can't be met
-    return [DeviceWork(device, None, False, has_fp64=torch.float64 in d, by_dtype=d) for device, d in by_device.items()]
+    # backend_for raises if FASTCLIP_BACKEND=triton can't be met
+    return [DeviceWork(device, None, backend_for(device), has_fp64=torch.float64 in d, by_dtype=d)
+            for device, d in by_device.items()]
 
 
-def _triton_route(grads: list, choice: str) -> list[DeviceWork]:
-    try:
-        key = (choice, signature(grads))
-    except (TypeError, AttributeError, RuntimeError, NotImplementedError):
-        _inputs.check_grads(grads)  # names the bad item
-        raise
+def _triton_route(grads: list, choice: str, key: bytes | None) -> list[DeviceWork]:
+    sig = None
+    if key is None:
+        try:
+            key = sig = signature(grads)
+        except (TypeError, AttributeError, RuntimeError, NotImplementedError):
+            _inputs.check_grads(grads)  # names the bad item
+            raise
+    route_key = (choice, key)
     global _last
-    if _last is not None and _last[0] == key:  # steady state: compare, don't even hash
+    if _last is not None and _last[0] == route_key:  # steady state: compare (native: identity), don't hash
         return _last[1]
-    works = _routes.get(key)
+    works = _routes.get(route_key)
     if works is None:
         _inputs.check_grads(grads)
-        works = _build_route(grads, key[1])
-        _routes[key] = works
-        if len(_routes) > _ROUTES_KEPT:
-            _routes.popitem(last=False)  # oldest first
-    _last = (key, works)
+        works = _build_route(grads, sig if sig is not None else signature(grads))
+        _remember(route_key, works)
+    _last = (route_key, works)
     return works
+
+
+def _remember(route_key: tuple, works: list) -> None:
+    global _native_keys
+    _routes[route_key] = works
+    if len(_routes) > _ROUTES_KEPT:
+        _routes.popitem(last=False)  # oldest first
+    _native_keys = tuple(key for _, key in _routes if isinstance(key, bytes))
 
 
 def clear_cache() -> None:
     """Forget every cached route and plan (frees their device workspaces)."""
-    global _last
+    global _last, _native_keys
     _routes.clear()
     _last = None
+    _native_keys = ()
 
 
 def _build_route(grads: list, sig: tuple) -> list[DeviceWork]:
@@ -122,18 +174,10 @@ def _build_route(grads: list, sig: tuple) -> list[DeviceWork]:
         by_device.setdefault(g.device, []).append(i)
     works = []
     for device, indices in by_device.items():
-        idx = None if len(by_device) == 1 else indices
-        has_fp64 = any(sig[1][i] == torch.float64 for i in indices)
-        if not use_triton(device):
-            # a plain-PyTorch device inside a mixed list: its grads are regrouped per call
-            works.append(DeviceWork(device, idx, False, has_fp64=has_fp64))
-            continue
-        strided = not all(sig[3][i] for i in indices)
-        work = DeviceWork(device, idx, True, None, strided, has_fp64)
-        if not strided:
-            from ._plan import build_plan
-            from .kernels.launch_settings import settings_for
-
-            work.plan = build_plan(work.grads(grads), device, settings_for(device))
+        backend = backend_for(device)  # a plain-PyTorch device in a mixed list is regrouped per call
+        work = DeviceWork(device, None if len(by_device) == 1 else indices, backend,
+                          strided=not all(sig[3][i] for i in indices),
+                          has_fp64=any(sig[1][i] == torch.float64 for i in indices))
+        backend.prepare(work, work.grads(grads))
         works.append(work)
     return works

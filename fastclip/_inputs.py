@@ -19,7 +19,10 @@ _grad_of = operator.attrgetter("grad")
 
 
 def as_tensor_list(tensors, what: str = "parameters") -> list:
-    """A Tensor becomes ``[tensor]``; an iterable is materialised (an empty generator warns)."""
+    """A Tensor becomes ``[tensor]``; an iterable is materialised (an empty generator warns); a
+    list is returned as it is (it is only read: copying 20 000 items would cost ~50 us a call)."""
+    if type(tensors) is list:
+        return tensors
     if isinstance(tensors, torch.Tensor):
         return [tensors]
     if isinstance(tensors, (str, bytes)) or not hasattr(tensors, "__iter__"):
@@ -103,6 +106,17 @@ def check_threshold(value, name: str):
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
+
+
+def check_total_norm(total_norm) -> torch.Tensor:
+    """A precomputed norm as a 0-d tensor: a number, or a one-element floating tensor (not read)."""
+    if not isinstance(total_norm, torch.Tensor):
+        return torch.tensor(float(total_norm))
+    if total_norm.numel() != 1 or not total_norm.is_floating_point():
+        raise ValueError(f"total_norm must be a one-element floating-point Tensor, got shape "
+                         f"{tuple(total_norm.shape)} and dtype {total_norm.dtype}")
+    # a (replicated) DTensor norm is kept whole: fastclip.distributed takes its full tensor
+    return total_norm if is_dtensor(total_norm) else total_norm.reshape(())
 
 
 def check_foreach(foreach) -> None:

@@ -1,7 +1,8 @@
-"""The Triton path: plan -> norm launch -> scale launch on one device, with no host sync.
+"""The Triton backend: plan -> norm launch -> scale launch on one device, with no host sync.
 
-Functions take a ``DeviceWork`` from the dispatcher and that device's (validated) gradients.
-Truly strided gradients (rare: a slice with gaps assigned as .grad) go through contiguous copies
+This module is the backend object the dispatcher hands out for Triton devices: its public
+functions are the operations of ``fastclip._backend.Backend``, each taking a ``DeviceWork`` and
+that device's (validated) gradients.  Truly strided gradients (rare: a slice with gaps assigned as .grad) go through contiguous copies
 that are written back after the rewrite; that costs extra copies and a plan per call.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ from .kernels.launch_settings import NORM_GENERAL, NORM_INF, NORM_P2, settings_f
 from .kernels.norm_kernel import launch_norm_partials
 from .kernels.scale_kernel import launch_clamp, launch_scale
 
+name = "triton"
+
 
 def _on_work_device(fn):
     """Run ``fn(work, ...)`` with ``work.device`` current: Triton launches on the current device."""
@@ -29,6 +32,12 @@ def _on_work_device(fn):
         return fn(work, *args, **kwargs)
 
     return wrapper
+
+
+def prepare(work, grads: list) -> None:
+    """Build the chunk table once when every gradient is a flat span (else it is built per call)."""
+    if not work.strided:
+        work.plan = build_plan(grads, work.device, settings_for(work.device))
 
 
 def _plan_for(work, grads: list):
@@ -68,7 +77,7 @@ def _norm_launch(plan, p: float, kind: int, per_tensor: bool):
                                 chunk_partials)
 
 
-def per_tensor_norms(plan, p: float, kind: int, norm_dtype: torch.dtype) -> torch.Tensor:
+def _norms_from_chunks(plan, p: float, kind: int, norm_dtype: torch.dtype) -> torch.Tensor:
     """Norm of each tensor of the plan (in plan order) from the chunk partials of the last launch.
 
     A segment reduction over chunks (deterministic, no atomics) plus the root: a few small ops,
@@ -105,7 +114,7 @@ def clip(work, grads: list, max_norm, p: float, kind: int, norm_dtype: torch.dty
                  inv_scale=inv_scale, found_inf=found_inf)
     _write_back(pairs)
     if per_tensor:
-        return norm, _unscaled(per_tensor_norms(plan, p, kind, norm_dtype), inv_scale)
+        return norm, _unscaled(_norms_from_chunks(plan, p, kind, norm_dtype), inv_scale)
     return norm
 
 
@@ -151,7 +160,7 @@ def total_norm(work, grads: list, p: float, kind: int, norm_dtype: torch.dtype, 
     launch_scale(plan.table, plan.n_chunks, plan.partials, n_partials, norm, 0.0, p, kind,
                  norm_dtype == torch.float64, finish_norm=True, apply=False, settings=plan.settings)
     if per_tensor:
-        return norm, per_tensor_norms(plan, p, kind, norm_dtype)
+        return norm, _norms_from_chunks(plan, p, kind, norm_dtype)
     return norm
 
 

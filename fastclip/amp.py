@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _inputs, _torch_backend
-from .api import _no_grad, _norm_dtype, _triton, clip_
+from . import _engine, _inputs
 from ._dispatch import route
+from .api import _no_grad, clip_
 
 
 def _params_of(optimizer) -> list:
@@ -85,32 +85,10 @@ def unscale_clip_(scaler, optimizer, max_norm, norm_type=2.0) -> torch.Tensor:
             # several devices: not fused, exactly GradScaler's path followed by clip_
             scaler.unscale_(optimizer)
             return clip_(params, max_norm, norm_type)
-        work = works[0]
-        if work.triton:
-            norm = _triton().clip(work, grads, max_norm, p, kind, _norm_dtype(works),
-                                  inv_scale=inv_scale, found_inf=found_inf)
-        else:
-            norm = _unscale_clip_torch(work, grads, max_norm, p, kind, _norm_dtype(works), inv_scale, found_inf)
+        (work,) = works
+        norm = work.backend.clip(work, grads, max_norm, p, kind, _engine.norm_dtype(works),
+                                 inv_scale=inv_scale, found_inf=found_inf)
     state["found_inf_per_device"] = {scaler._scale.device: found_inf}
     state["stage"] = OptState.UNSCALED
     return norm
 
-
-def _unscale_clip_torch(work, grads, max_norm, p, kind, norm_dtype, inv_scale, found_inf):
-    """The same fused step in plain PyTorch (one norm pass, one multiply pass)."""
-    by_dtype = work.by_dtype if work.by_dtype is not None else _torch_backend.group_by_dtype(grads)
-    scaled = _torch_backend.total_norm(by_dtype, p, kind, torch.float64, work.device)
-    nonfinite = ~torch.isfinite(scaled)
-    found_inf.copy_(nonfinite.to(found_inf.dtype))
-    norm = (scaled * inv_scale.double()).to(norm_dtype)
-    factor = (_torch_backend.clip_coef(max_norm, norm) * inv_scale.to(norm_dtype)).float()
-    if work.device.type == "cpu":
-        if not bool(nonfinite):  # a CPU read, not a device sync
-            for tensors in by_dtype.values():
-                torch._foreach_mul_(tensors, factor)
-    else:
-        # no host sync: where found_inf, multiply by 1 (the step is skipped anyway)
-        factor = torch.where(nonfinite, torch.ones_like(factor), factor)
-        for tensors in by_dtype.values():
-            torch._foreach_mul_(tensors, factor)
-    return norm

@@ -5,9 +5,8 @@ import functools
 
 import torch
 
-from . import _inputs, _torch_backend
+from . import _dispatch, _engine, _inputs, distributed
 from . import custom_op as _custom_op
-from ._dispatch import route
 
 __all__ = ["clip_", "total_norm", "clip_with_norm_", "clip_value_"]
 
@@ -23,99 +22,10 @@ def _no_grad(fn):
     return wrapper
 
 
-def _norm_dtype(works) -> torch.dtype:
-    return torch.float64 if any(w.has_fp64 for w in works) else torch.float32
-
-
-def _route_naming_parameters(grads, parameters):
-    """route(grads), but a bad gradient is reported by its position in ``parameters``."""
-    try:
-        return route(grads)
-    except TypeError:
-        _inputs.check_param_grads(parameters)
-        raise
-
-
-def _by_dtype(work, grads) -> dict:
-    return work.by_dtype if work.by_dtype is not None else _torch_backend.group_by_dtype(grads)
-
-
-def _triton():
-    from . import _triton_backend
-
-    return _triton_backend
-
-
-def _total_norm(works, grads, p, kind, norm_dtype) -> torch.Tensor:
-    norms = []
-    for w in works:
-        gs = w.grads(grads)
-        if w.triton:
-            norms.append(_triton().total_norm(w, gs, p, kind, norm_dtype))
-        else:
-            norms.append(_torch_backend.total_norm(_by_dtype(w, gs), p, kind, norm_dtype, w.device))
-    if len(norms) == 1:
-        return norms[0]
-    first = norms[0].device  # several devices: combine as torch does, on the first one
-    return torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]), p).to(norm_dtype)
-
-
-def _clip_with_norm(works, grads, max_norm, norm) -> None:
-    for w in works:
-        gs = w.grads(grads)
-        if w.triton:
-            _triton().clip_with_norm(w, gs, max_norm, norm)
-        else:
-            _torch_backend.scale_(_by_dtype(w, gs), _torch_backend.clip_coef(max_norm, norm.to(w.device)))
-
-
-def _sharded(grads, group) -> bool:
-    # DTensor grads (FSDP2, tensor parallel) or an explicit process group: fastclip.distributed
-    return group is not None or _inputs.has_dtensor(grads)
-
-
-def _per_tensor_norms(works, grads, p, kind, norm_dtype) -> torch.Tensor:
-    """Norm of each tensor, in ``grads`` order (the general path; the fused one is in _triton_backend)."""
-    out = torch.zeros(len(grads), dtype=norm_dtype, device=grads[0].device)
-    for w in works:
-        gs = w.grads(grads)
-        idx = range(len(grads)) if w.indices is None else w.indices
-        if w.triton:
-            norms = _triton().total_norm(w, gs, p, kind, norm_dtype, per_tensor=True)[1]
-        else:
-            norms = torch.zeros(len(gs), dtype=norm_dtype, device=w.device)
-            nonempty = [i for i, g in enumerate(gs) if g.numel()]
-            if nonempty:
-                acc = torch.float64 if norm_dtype == torch.float64 else torch.float32
-                vals = [torch.linalg.vector_norm(gs[i], p, dtype=acc) for i in nonempty]
-                norms[nonempty] = torch.stack(vals).to(norm_dtype)
-        out[list(idx)] = norms.to(out.device)
-    return out
-
-
-def _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach, group=None, per_tensor=False):
-    p, kind = _inputs.parse_norm_type(norm_type)
-    max_norm = _inputs.check_threshold(max_norm, "max_norm")
-    _inputs.check_foreach(foreach)
-    if _sharded(grads, group):
-        if per_tensor:
-            raise NotImplementedError("per_tensor=True is not supported with sharded gradients yet")
-        from . import distributed
-
-        return distributed.clip_sharded_(grads, max_norm, p, error_if_nonfinite, group)
-    if not grads:
-        return (torch.tensor(0.0), torch.zeros(0)) if per_tensor else torch.tensor(0.0)
-    works = route(grads)
-    norm_dtype = _norm_dtype(works)
-    if len(works) == 1 and works[0].triton and not error_if_nonfinite:
-        # the product: two launches, no host sync
-        return _triton().clip(works[0], grads, max_norm, p, kind, norm_dtype, per_tensor=per_tensor)
-    per = _per_tensor_norms(works, grads, p, kind, norm_dtype) if per_tensor else None
-    norm = _total_norm(works, grads, p, kind, norm_dtype)
-    if error_if_nonfinite and not bool(torch.isfinite(norm)):  # the one path that syncs, as torch
-        raise _inputs.nonfinite_error(p)
-    _clip_with_norm(works, grads, max_norm, norm)
-    return (norm, per) if per_tensor else norm
+def _sharded(grads, key, group) -> bool:
+    # DTensor grads (FSDP2, tensor parallel) or an explicit process group: fastclip.distributed.
+    # A native key means the helper saw plain tensors only.
+    return group is not None or (key is None and _inputs.has_dtensor(grads))
 
 
 @_no_grad
@@ -179,9 +89,14 @@ def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach
         return _custom_op.clip_(parameters, max_norm, norm_type, error_if_nonfinite, foreach, group=group,
                                 per_tensor=per_tensor)
     parameters = _inputs.as_tensor_list(parameters)
-    grads = _inputs.grads_of(parameters)
+    grads, key = _dispatch.collect(parameters, of_params=True)
     try:
-        return _clip_grads(grads, max_norm, norm_type, error_if_nonfinite, foreach, group, per_tensor)
+        p, kind = _inputs.parse_norm_type(norm_type)
+        max_norm = _inputs.check_threshold(max_norm, "max_norm")
+        _inputs.check_foreach(foreach)
+        if _sharded(grads, key, group):
+            return distributed.clip_sharded_(grads, max_norm, p, error_if_nonfinite, group, per_tensor=per_tensor)
+        return _engine.clip(grads, max_norm, p, kind, error_if_nonfinite, per_tensor, key)
     except TypeError:
         _inputs.check_param_grads(parameters)  # a bad gradient: name its parameter's position
         raise
@@ -218,27 +133,12 @@ def total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *
     if _custom_op.is_compiling():
         return _custom_op.total_norm(tensors, norm_type, error_if_nonfinite, foreach, group=group,
                                      per_tensor=per_tensor)
-    tensors = _inputs.as_tensor_list(tensors, "tensors")
+    tensors, key = _dispatch.collect(_inputs.as_tensor_list(tensors, "tensors"), of_params=False)
     p, kind = _inputs.parse_norm_type(norm_type)
     _inputs.check_foreach(foreach)
-    if _sharded(tensors, group):
-        if per_tensor:
-            raise NotImplementedError("per_tensor=True is not supported with sharded tensors yet")
-        from . import distributed
-
-        return distributed.total_norm_sharded(tensors, p, error_if_nonfinite, group)
-    if not tensors:
-        return (torch.tensor(0.0), torch.zeros(0)) if per_tensor else torch.tensor(0.0)
-    works = route(tensors)
-    norm_dtype = _norm_dtype(works)
-    if per_tensor and len(works) == 1 and works[0].triton:
-        norm, per = _triton().total_norm(works[0], tensors, p, kind, norm_dtype, per_tensor=True)
-    else:
-        norm = _total_norm(works, tensors, p, kind, norm_dtype)
-        per = _per_tensor_norms(works, tensors, p, kind, norm_dtype) if per_tensor else None
-    if error_if_nonfinite and not bool(torch.isfinite(norm)):
-        raise _inputs.nonfinite_error(p)
-    return (norm, per) if per_tensor else norm
+    if _sharded(tensors, key, group):
+        return distributed.total_norm_sharded(tensors, p, error_if_nonfinite, group, per_tensor=per_tensor)
+    return _engine.total_norm(tensors, p, kind, error_if_nonfinite, per_tensor, key)
 
 
 @_no_grad
@@ -272,22 +172,18 @@ def clip_with_norm_(parameters, max_norm, total_norm, foreach=None) -> None:
     if _custom_op.is_compiling():
         return _custom_op.clip_with_norm_(parameters, max_norm, total_norm, foreach)
     parameters = _inputs.as_tensor_list(parameters)
-    grads = _inputs.grads_of(parameters)
+    grads, key = _dispatch.collect(parameters, of_params=True)
     max_norm = _inputs.check_threshold(max_norm, "max_norm")
     _inputs.check_foreach(foreach)
-    if not isinstance(total_norm, torch.Tensor):
-        total_norm = torch.tensor(float(total_norm))
-    elif total_norm.numel() != 1 or not total_norm.is_floating_point():
-        raise ValueError(f"total_norm must be a one-element floating-point Tensor, got shape "
-                         f"{tuple(total_norm.shape)} and dtype {total_norm.dtype}")
-    if not grads:
-        return None
-    if _inputs.has_dtensor(grads):
-        from . import distributed
-
-        distributed.clip_with_norm_sharded_(grads, max_norm, total_norm)
-        return None
-    _clip_with_norm(_route_naming_parameters(grads, parameters), grads, max_norm, total_norm.reshape(()))
+    total_norm = _inputs.check_total_norm(total_norm)
+    try:
+        if _sharded(grads, key, None):
+            distributed.clip_with_norm_sharded_(grads, max_norm, total_norm)
+        else:
+            _engine.clip_with_norm(grads, max_norm, total_norm, key)
+    except TypeError:
+        _inputs.check_param_grads(parameters)  # a bad gradient: name its parameter's position
+        raise
     return None
 
 
@@ -316,17 +212,14 @@ def clip_value_(parameters, clip_value, foreach=None) -> None:
     if _custom_op.is_compiling():
         return _custom_op.clip_value_(parameters, clip_value, foreach)
     parameters = _inputs.as_tensor_list(parameters)
-    grads = _inputs.grads_of(parameters)
+    grads, key = _dispatch.collect(parameters, of_params=True)
     if isinstance(clip_value, torch.Tensor):
         clip_value = float(clip_value)  # the kernel takes a scalar; this reads the tensor (syncs)
     clip_value = _inputs.check_threshold(clip_value, "clip_value")
     _inputs.check_foreach(foreach)
-    if not grads:
-        return None
-    for w in _route_naming_parameters(grads, parameters):
-        gs = w.grads(grads)
-        if w.triton:
-            _triton().clamp(w, gs, clip_value)
-        else:
-            _torch_backend.clamp_(_by_dtype(w, gs), clip_value)
+    try:
+        _engine.clamp(grads, clip_value, key)
+    except TypeError:
+        _inputs.check_param_grads(parameters)  # a bad gradient: name its parameter's position
+        raise
     return None

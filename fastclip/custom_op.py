@@ -25,6 +25,9 @@ own checks (dtype, layout) when the op runs, before anything is modified, exactl
 Process groups and DTensor gradients are not ops (a ProcessGroup isn't an op argument, and
 DTensor would need sharding rules): under compile they run eagerly behind a graph break.
 
+The ops and the eager entry points (``fastclip.api``) share one implementation,
+``fastclip._engine`` (and ``fastclip.distributed`` for shards): this module never imports the API.
+
 Requires torch >= 2.4 (``torch.library.custom_op``); with an older torch nothing is registered
 and fastclip runs its eager code under compile (with graph breaks).
 """
@@ -35,7 +38,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import _inputs
+from . import _dispatch, _engine, _inputs, distributed
 
 __all__ = ["available", "is_compiling", "clip_", "total_norm", "clip_with_norm_", "clip_value_"]
 
@@ -46,24 +49,6 @@ available = hasattr(torch.library, "custom_op") and hasattr(torch, "compiler") a
 def is_compiling() -> bool:
     """True while Dynamo traces the caller and the ops exist: call the op wrappers below then."""
     return available and torch.compiler.is_compiling()
-
-
-class _Grad:
-    """Stands in for a parameter, so the op runs the public eager function on its gradients."""
-
-    __slots__ = ("grad",)
-
-    def __init__(self, grad):
-        self.grad = grad
-
-
-def _on_grads(fn, grads, *args, **kwargs):
-    """``fn(parameters, ...)`` on stand-ins holding ``grads``; a bad gradient is named as one."""
-    try:
-        return fn([_Grad(g) for g in grads], *args, **kwargs)
-    except TypeError:
-        _inputs.check_grads(list(grads))  # "gradient i has dtype ...", not "item i is a _Grad"
-        raise
 
 
 def _empty_like_norm(norm: torch.Tensor) -> torch.Tensor:
@@ -87,10 +72,11 @@ if available:
     @torch.library.custom_op("fastclip::clip_", mutates_args=("grads",))
     def _clip_op(grads: List[torch.Tensor], max_norm: float, max_norm_t: Optional[torch.Tensor], p: float,
                  error_if_nonfinite: bool, per_tensor: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        from . import api
-
-        out = _on_grads(api.clip_, grads, max_norm if max_norm_t is None else max_norm_t, p, error_if_nonfinite,
-                        per_tensor=per_tensor)
+        _, kind = _inputs.parse_norm_type(p)
+        max_norm = _inputs.check_threshold(max_norm if max_norm_t is None else max_norm_t, "max_norm")
+        grads, key = _dispatch.collect(list(grads), of_params=False)
+        with torch.no_grad():
+            out = _engine.clip(grads, max_norm, p, kind, error_if_nonfinite, per_tensor, key)
         if per_tensor:
             return out[0], out[1].to(out[0].dtype)
         return out, _empty_like_norm(out)
@@ -102,9 +88,10 @@ if available:
     @torch.library.custom_op("fastclip::total_norm", mutates_args=())
     def _total_norm_op(tensors: List[torch.Tensor], p: float, error_if_nonfinite: bool,
                        per_tensor: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        from . import api
-
-        out = api.total_norm(list(tensors), p, error_if_nonfinite, per_tensor=per_tensor)
+        _, kind = _inputs.parse_norm_type(p)
+        tensors, key = _dispatch.collect(list(tensors), of_params=False)
+        with torch.no_grad():
+            out = _engine.total_norm(tensors, p, kind, error_if_nonfinite, per_tensor, key)
         if per_tensor:
             return out[0], out[1].to(out[0].dtype)
         return out, _empty_like_norm(out)
@@ -116,9 +103,10 @@ if available:
     @torch.library.custom_op("fastclip::clip_with_norm_", mutates_args=("grads",))
     def _clip_with_norm_op(grads: List[torch.Tensor], max_norm: float, max_norm_t: Optional[torch.Tensor],
                            norm: torch.Tensor) -> None:
-        from . import api
-
-        _on_grads(api.clip_with_norm_, grads, max_norm if max_norm_t is None else max_norm_t, norm)
+        max_norm = _inputs.check_threshold(max_norm if max_norm_t is None else max_norm_t, "max_norm")
+        grads, key = _dispatch.collect(list(grads), of_params=False)
+        with torch.no_grad():
+            _engine.clip_with_norm(grads, max_norm, _inputs.check_total_norm(norm), key)
 
     @_clip_with_norm_op.register_fake
     def _(grads, max_norm, max_norm_t, norm):
@@ -126,9 +114,10 @@ if available:
 
     @torch.library.custom_op("fastclip::clip_value_", mutates_args=("grads",))
     def _clip_value_op(grads: List[torch.Tensor], clip_value: float) -> None:
-        from . import api
-
-        _on_grads(api.clip_value_, grads, clip_value)
+        clip_value = _inputs.check_threshold(clip_value, "clip_value")
+        grads, key = _dispatch.collect(list(grads), of_params=False)
+        with torch.no_grad():
+            _engine.clamp(grads, clip_value, key)
 
     @_clip_value_op.register_fake
     def _(grads, clip_value):
@@ -166,7 +155,14 @@ def _p(norm_type) -> float:
 @torch.compiler.disable if available else (lambda fn: fn)
 def _eager(fn, *args, **kwargs):
     """Run an eager fastclip function behind a graph break (process groups, DTensor)."""
-    return fn(*args, **kwargs)
+    with torch.no_grad():
+        return fn(*args, **kwargs)
+
+
+def _clamp_eagerly(grads: list, clip_value) -> None:
+    if isinstance(clip_value, torch.Tensor):
+        clip_value = float(clip_value)  # the kernel takes a scalar; this reads the tensor (syncs)
+    _engine.clamp(grads, _inputs.check_threshold(clip_value, "clip_value"))
 
 
 def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None, *, group=None,
@@ -188,13 +184,11 @@ def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach
         tensor([0.6000, 0.8000])
     """
     parameters, grads = _params_and_grads(parameters)
-    if _sharded(grads, group):
-        from . import api
-
-        return _eager(api.clip_, parameters, max_norm, norm_type, error_if_nonfinite, foreach, group=group,
-                      per_tensor=per_tensor)
     mf, mt = _threshold(max_norm, "max_norm")
     _inputs.check_foreach(foreach)
+    if _sharded(grads, group):
+        return _eager(distributed.clip_sharded_, grads, mf if mt is None else mt, _p(norm_type),
+                      bool(error_if_nonfinite), group, per_tensor=per_tensor)
     norm, per = torch.ops.fastclip.clip_(grads, mf, mt, _p(norm_type), bool(error_if_nonfinite), bool(per_tensor))
     return (norm, per) if per_tensor else norm
 
@@ -202,12 +196,10 @@ def clip_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach
 def total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *, group=None, per_tensor=False):
     """:func:`fastclip.total_norm` inside a compiled region: one ``fastclip::total_norm`` node."""
     tensors = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
-    if _sharded(tensors, group):
-        from . import api
-
-        return _eager(api.total_norm, tensors, norm_type, error_if_nonfinite, foreach, group=group,
-                      per_tensor=per_tensor)
     _inputs.check_foreach(foreach)
+    if _sharded(tensors, group):
+        return _eager(distributed.total_norm_sharded, tensors, _p(norm_type), bool(error_if_nonfinite), group,
+                      per_tensor=per_tensor)
     norm, per = torch.ops.fastclip.total_norm(tensors, _p(norm_type), bool(error_if_nonfinite), bool(per_tensor))
     return (norm, per) if per_tensor else norm
 
@@ -215,14 +207,11 @@ def total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *
 def clip_with_norm_(parameters, max_norm, total_norm, foreach=None) -> None:
     """:func:`fastclip.clip_with_norm_` inside a compiled region: one ``fastclip::clip_with_norm_`` node."""
     parameters, grads = _params_and_grads(parameters)
-    if _sharded(grads, None):
-        from . import api
-
-        return _eager(api.clip_with_norm_, parameters, max_norm, total_norm, foreach)
     mf, mt = _threshold(max_norm, "max_norm")
     _inputs.check_foreach(foreach)
-    if not isinstance(total_norm, torch.Tensor):
-        total_norm = torch.tensor(float(total_norm))
+    total_norm = _inputs.check_total_norm(total_norm)
+    if _sharded(grads, None):
+        return _eager(distributed.clip_with_norm_sharded_, grads, mf if mt is None else mt, total_norm)
     torch.ops.fastclip.clip_with_norm_(grads, mf, mt, total_norm)
     return None
 
@@ -230,12 +219,11 @@ def clip_with_norm_(parameters, max_norm, total_norm, foreach=None) -> None:
 def clip_value_(parameters, clip_value, foreach=None) -> None:
     """:func:`fastclip.clip_value_` inside a compiled region: one ``fastclip::clip_value_`` node."""
     parameters, grads = _params_and_grads(parameters)
-    if isinstance(clip_value, torch.Tensor) or _sharded(grads, None):
-        from . import api  # a tensor bound is read on the host (as in eager): not inside a graph
-
-        return _eager(api.clip_value_, parameters, clip_value, foreach)
-    clip_value = _inputs.check_threshold(clip_value, "clip_value")
     _inputs.check_foreach(foreach)
+    if isinstance(clip_value, torch.Tensor) or _sharded(grads, None):
+        # a tensor bound is read on the host (as in eager): not inside a graph
+        return _eager(_clamp_eagerly, grads, clip_value)
+    clip_value = _inputs.check_threshold(clip_value, "clip_value")
     torch.ops.fastclip.clip_value_(grads, clip_value)
     return None
 

@@ -37,21 +37,12 @@ import operator
 
 import torch
 
-from . import _inputs
-from ._backend import use_triton
-from ._dispatch import DeviceWork, route
-from ._plan import build_plan
-from .kernels.launch_settings import settings_for
+from . import _engine, _inputs
+from ._dispatch import empty_work, route
 
 __all__ = ["clip_sharded_", "total_norm_sharded", "clip_with_norm_sharded_"]
 
 _LOCAL = operator.attrgetter("_local_tensor")  # DTensor.to_local() without its autograd function
-
-
-def _api():
-    from . import api  # late: api imports this module lazily too
-
-    return api
 
 
 class _Job:
@@ -147,7 +138,7 @@ def _local_power_sum(job: _Job, p: float, kind: int, device) -> torch.Tensor:
     if not job.norm_tensors:
         return torch.zeros((), dtype=torch.float64, device=device)
     job.works = route(job.norm_tensors)
-    norm = _api()._total_norm(job.works, job.norm_tensors, p, kind, torch.float64).to(device)
+    norm = _engine.works_norm(job.works, job.norm_tensors, p, kind, torch.float64).to(device)
     # the norm comes back in float64: raising it to p again costs nothing in accuracy
     if p == math.inf or p == 1.0:
         return norm
@@ -191,14 +182,15 @@ def _norm(tensors: list, p: float, error_if_nonfinite: bool, group):
     norm = _global_norm(jobs, p, device)
     # the usual case (FSDP2: one mesh, one placement) scales the very list it took the norm of
     works = next((j.works for j in jobs if j.norm_tensors is scale), None)
-    norm = norm.to(_api()._norm_dtype(works) if works else _inputs.result_dtype(scale))
+    norm = norm.to(_engine.norm_dtype(works) if works else _inputs.result_dtype(scale))
     # every rank holds the same norm, so every rank raises (or none does): no rank is left waiting
     if error_if_nonfinite and not bool(torch.isfinite(norm)):  # the one path that syncs, as torch
         raise _inputs.nonfinite_error(p)
     return norm, scale, works
 
 
-def total_norm_sharded(tensors: list, p: float, error_if_nonfinite: bool = False, group=None) -> torch.Tensor:
+def total_norm_sharded(tensors: list, p: float, error_if_nonfinite: bool = False, group=None, *,
+                       per_tensor: bool = False) -> torch.Tensor:
     r"""The p-norm of sharded tensors seen as one vector (what :func:`fastclip.total_norm` runs for
     ``group=`` or DTensor inputs).
 
@@ -209,6 +201,7 @@ def total_norm_sharded(tensors: list, p: float, error_if_nonfinite: bool = False
         error_if_nonfinite (bool, optional): raise RuntimeError on every rank if the norm is NaN or
             inf (synchronizes). Default: False
         group (ProcessGroup, optional): the group plain tensors are sharded over. Default: None
+        per_tensor (bool, optional): not supported yet (raises NotImplementedError). Default: False
 
     Returns:
         Tensor: the global norm, 0-d, float32 (float64 if any local tensor is float64), on the
@@ -223,10 +216,13 @@ def total_norm_sharded(tensors: list, p: float, error_if_nonfinite: bool = False
         tensor(5.)
         >>> dist.destroy_process_group()
     """
+    if per_tensor:
+        raise NotImplementedError("per_tensor=True is not supported with sharded tensors yet")
     return _norm(tensors, p, error_if_nonfinite, group)[0]
 
 
-def clip_sharded_(grads: list, max_norm, p: float, error_if_nonfinite: bool = False, group=None) -> torch.Tensor:
+def clip_sharded_(grads: list, max_norm, p: float, error_if_nonfinite: bool = False, group=None, *,
+                  per_tensor: bool = False) -> torch.Tensor:
     r"""Clip sharded gradients in place by their global norm (what :func:`fastclip.clip_` runs for
     ``group=`` or DTensor gradients). Every rank scales its shards by the same coefficient:
 
@@ -242,6 +238,7 @@ def clip_sharded_(grads: list, max_norm, p: float, error_if_nonfinite: bool = Fa
         error_if_nonfinite (bool, optional): raise RuntimeError on every rank, before any
             gradient is modified, if the norm is NaN or inf (synchronizes). Default: False
         group (ProcessGroup, optional): the group plain tensors are sharded over. Default: None
+        per_tensor (bool, optional): not supported yet (raises NotImplementedError). Default: False
 
     Returns:
         Tensor: the global norm before clipping, a plain 0-d tensor (float32, float64 if any
@@ -261,22 +258,25 @@ def clip_sharded_(grads: list, max_norm, p: float, error_if_nonfinite: bool = Fa
         tensor([0.6000, 0.8000])
         >>> dist.destroy_process_group()
     """
+    if per_tensor:
+        raise NotImplementedError("per_tensor=True is not supported with sharded gradients yet")
     if not error_if_nonfinite and p != math.inf:
         norm = _clip_between_launches(grads, max_norm, p, group)
         if norm is not None:
             return norm
     norm, scale, works = _norm(grads, p, error_if_nonfinite, group)
     if scale:
-        _api()._clip_with_norm(works or route(scale), scale, max_norm, norm)
+        _engine.works_clip_with_norm(works or route(scale), scale, max_norm, norm)
     return norm
 
 
 def _clip_between_launches(grads: list, max_norm, p: float, group):
-    """The common case on the Triton path, as the design has it: one set of shards reduced over
-    one group (FSDP2, or plain shards with ``group=``). The norm launch's partial sums are
-    all-reduced between the two launches, and the scale launch turns the global sum into the norm
-    and the coefficient: 2 launches + 1 collective, deterministic (fixed-size, fixed-order sums).
-    None when another path is needed (several meshes or placements, Partial, torch backend).
+    """The common case, as the design has it: one set of shards reduced over one group (FSDP2,
+    or plain shards with ``group=``). The backend's power sums are all-reduced between its two
+    passes (Triton: the norm launch's partials, between the two launches), and the second pass
+    turns the global sum into the norm and the coefficient: 2 launches + 1 collective,
+    deterministic (fixed-size, fixed-order sums). None when another path is needed (several
+    meshes or placements, Partial).
     """
     # Every rank must take the same path (they meet in the collective): decide from what all
     # ranks share (the call's arguments, the placements, the group's device and backend), never
@@ -284,19 +284,15 @@ def _clip_between_launches(grads: list, max_norm, p: float, group):
     jobs, scale = _split(grads, group)
     if len(jobs) != 1 or jobs[0].norm_tensors is not scale or len(jobs[0].groups) != 1:
         return None
-    device = scale[0].device if scale else _device_of(jobs[0].groups[0])
-    if not use_triton(device):
-        return None
     if scale:
         works = route(scale)
         if len(works) != 1:
             return None
-        work, dtype = works[0], _api()._norm_dtype(works)
+        work, dtype = works[0], _engine.norm_dtype(works)
     else:
-        # no gradients here: an empty plan still runs both launches, so this rank joins the
+        # no gradients here: an empty work still runs both passes, so this rank joins the
         # collective and reduces the partials exactly as the others do (bitwise the same norm)
-        work = DeviceWork(device, None, True, plan=build_plan([], device, settings_for(device)))
-        dtype = torch.float32
+        work, dtype = empty_work(_device_of(jobs[0].groups[0])), torch.float32
     reduce_group = jobs[0].groups[0]
 
     def all_reduce_partials(partials, n, size):
@@ -309,7 +305,7 @@ def _clip_between_launches(grads: list, max_norm, p: float, group):
         return summed, size
 
     _, kind = _inputs.parse_norm_type(p)
-    return _api()._triton().clip(work, scale, max_norm, p, kind, dtype, reduce_partials=all_reduce_partials)
+    return work.backend.clip(work, scale, max_norm, p, kind, dtype, reduce_partials=all_reduce_partials)
 
 
 def clip_with_norm_sharded_(grads: list, max_norm, total_norm) -> None:
@@ -336,4 +332,4 @@ def clip_with_norm_sharded_(grads: list, max_norm, total_norm) -> None:
         total_norm = total_norm.full_tensor()
     local = [g._local_tensor if _inputs.is_dtensor(g) else g for g in grads]
     if local:
-        _api()._clip_with_norm(route(local), local, max_norm, total_norm.reshape(()))
+        _engine.clip_with_norm(local, max_norm, total_norm.reshape(()))
