@@ -142,7 +142,7 @@ def clip_with_policy(work, grads: list, p: float, kind: int, norm_dtype: torch.d
     _write_back(pairs)
     result = (*values.unbind(), clipped, found_inf)
     if per_tensor:
-        return result, per_tensor_norms(plan, p, kind, norm_dtype)
+        return result, _norms_from_chunks(plan, p, kind, norm_dtype)
     return result
 
 
