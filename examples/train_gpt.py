@@ -166,6 +166,11 @@ def plot(history: dict, max_norm: float, path: pathlib.Path, title: str) -> None
     plt.close(fig)
 
 
+def default_plot(fsdp: bool, compile: bool) -> pathlib.Path:
+    """examples/out/train_gpt[_fsdp][_compile].png: a --compile or --fsdp run keeps the eager run's plot."""
+    return HERE / "out" / f"train_gpt{'_fsdp' if fsdp else ''}{'_compile' if compile else ''}.png"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(HERE / "fables.txt"))
@@ -183,10 +188,13 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="torch.compile the model and the clipping step")
     ap.add_argument("--compile-backend", default="inductor", help="e.g. aot_eager for a quick check")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--plot", default=str(pathlib.Path(__file__).parent / "out" / "train_gpt.png"),
-                    help="where to write the loss/grad-norm plot ('' = none); default examples/out/train_gpt.png")
+    ap.add_argument("--plot", default=None,
+                    help="where to write the loss/grad-norm plot ('' = none); default one file per mode: "
+                         "examples/out/train_gpt[_fsdp][_compile].png")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.plot is None:
+        args.plot = str(default_plot(args.fsdp, args.compile))
 
     rank, world, device = setup_distributed(args)
     log = print if rank == 0 else (lambda *a, **k: None)
