@@ -4,7 +4,7 @@ Logs the loss, the gradient norm before clipping and the clip coefficient
 min(max_norm / (norm + 1e-6), 1), and writes a loss / grad-norm plot. The norms stay on the device
 during training (no host sync per step); they are read at log steps and at the end.
 
-    python examples/train_gpt.py                        # CPU: 15 s to 2 min, or a GPU if present
+    python examples/train_gpt.py                        # CPU: 15 s to 2 min (the CPU and other load decide), or a GPU
     python examples/train_gpt.py --steps 20             # smoke test
     python examples/train_gpt.py --compile              # torch.compile (fastclip is one op node)
     torchrun --standalone --nproc_per_node 2 examples/train_gpt.py --fsdp   # FSDP2: gloo on CPU, NCCL on GPU
