@@ -206,14 +206,15 @@ def scale_(by_dtype: dict, coef: torch.Tensor) -> None:
         for tensors in by_dtype.values():
             torch._foreach_mul_(tensors, coef)
         return
-    c = coef.item()
-    if c >= 1.0:  # NaN compares False: a NaN norm still scales, as in torch
+    if coef.item() >= 1.0:  # NaN compares False: a NaN norm still scales, as in torch
         return
+    # multiply by the fp32 tensor, not a Python float: a float becomes an fp16 scalar for fp16
+    # grads (a subnormal, 3e-3 off, for a coefficient of 8e-6), the tensor keeps fp32 math
     big, rest = _split_big(by_dtype)
-    items, total = _items(rest, lambda dtype, t: t.mul_(c), lambda dtype, ts: torch._foreach_mul_(ts, c))
+    items, total = _items(rest, lambda dtype, t: t.mul_(coef), lambda dtype, ts: torch._foreach_mul_(ts, coef))
     _run(items, total, coef.device)
     for g in big:
-        g.mul_(c)
+        g.mul_(coef)
 
 
 def clamp_(by_dtype: dict, clip_value: float) -> None:
