@@ -1,5 +1,13 @@
 from setuptools import setup
 
+# What the tests need (pip install -e ".[test]"); add new test dependencies here.  numpy < 2.4:
+# triton 3.6's interpreter (the GPU box's triton) fails on numpy 2.4 (a 1-element array no longer
+# converts to a Python int); triton 3.9 works with either.  matplotlib: the plotting helpers and
+# the examples are tested.
+TEST = ["pytest", "hypothesis", "numpy<2.4", "matplotlib"]
+# What bench/run.py uses beyond the tests' needs (it installs what is missing itself).
+BENCH = ["pytest-benchmark", "matplotlib", "numpy<2.4"]
+
 setup(
     name="fastclip",
     version="0.1.0",
@@ -11,13 +19,14 @@ setup(
     # the top-level kernels/ folder is installed as fastclip.kernels, never as a package `kernels`
     packages=["fastclip", "fastclip.kernels"],
     package_dir={"fastclip": "fastclip", "fastclip.kernels": "kernels"},
-    # torch is not pinned here: an unpinned torch may pull a multi-GB CUDA build; install the
-    # torch you train with first (see README).  triton is optional: without it fastclip falls
+    # torch is not a requirement here: an unpinned torch may pull a multi-GB CUDA build; install
+    # the torch you train with first (see README).  triton is optional: without it fastclip falls
     # back to plain PyTorch.
     install_requires=[],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest", "hypothesis", "numpy"],
-        "bench": ["pytest-benchmark", "matplotlib", "numpy"],
+        "test": TEST,
+        "bench": BENCH,
+        "dev": sorted(set(TEST + BENCH)),
     },
 )

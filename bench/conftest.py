@@ -3,6 +3,9 @@
 * Without a GPU the Triton interpreter is switched on before triton is imported, so the
   host-overhead bench can route calls through fastclip's Triton backend on CPU tensors (its
   launches are replaced by no-ops there).  The clip bench pins fastclip's CPU backend itself.
+* ``FASTCLIP_BENCH_BUSY=N``: N bounded busy-loop processes (``busy.py``) run beside the whole
+  session, and the pytest-benchmark JSON's ``machine_info`` says so (``bench/run.py --busy``
+  starts the load itself and only sets the label).
 * A progress line per finished case (``[bench] k/n  case  median  elapsed  eta``), written
   through pytest's terminal reporter, so long runs show where they are; ``bench/run.py`` echoes
   these lines and keeps the full pytest output in a log.
@@ -10,7 +13,10 @@
 import os
 import time
 
+import pytest
 import torch
+
+import busy
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -40,8 +46,23 @@ def pytest_runtest_logreport(report):
 
 
 _config = None
+_load = []  # busy processes started by this session
 
 
 def pytest_configure(config):
     global _config
     _config = config
+    if busy.requested() and not os.environ.get(busy.RUNNING_ENV):
+        _load.extend(busy.start(busy.requested(), seconds=3600))
+
+
+def pytest_unconfigure(config):
+    busy.stop(_load)
+    _load.clear()
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hook: absent without the plugin
+def pytest_benchmark_update_machine_info(config, machine_info):
+    n = busy.requested()
+    machine_info["busy_processes"] = n
+    machine_info["load"] = busy.describe(n)

@@ -2,6 +2,7 @@
 
     python bench/run.py            # full run: sizes from the device, ~5 min on a 2-core CPU
     python bench/run.py --quick    # correctness only (tiny sizes, no timing), < 1 min; CI runs it
+    python bench/run.py --busy     # the same with one core kept busy by a competing process
 
 Steps, each a subprocess with its own timeout (a hang is logged, the run goes on):
 
@@ -15,6 +16,11 @@ Steps, each a subprocess with its own timeout (a hang is logged, the run goes on
    ``clip.json`` / ``overhead.json`` (pytest-benchmark JSON), ``table.md``, ``plot.png``,
    ``env.json``, ``logs/``, and pytest-benchmark's saved runs in ``history/``.  A rerun compares
    with the previous run (``--benchmark-compare`` in the log, a "vs prev" column in the table).
+
+``--busy [N]`` starts N (default 1) bounded busy-loop processes (``busy.py``) for the duration
+of the timings, labels the results as measured under load (table header, ``env.json``,
+pytest-benchmark's ``machine_info``) and writes them to ``bench/results/<device>-busy/``; when
+quiet results of the same device are there, the table also shows each side's busy/quiet slowdown.
 
 ``--quick`` runs both suites with ``--benchmark-disable`` at tiny sizes, then the plain runner
 on one set, and builds a report in a temporary folder, so every part of the pipeline is
@@ -38,6 +44,8 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 
+import busy  # noqa: E402
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Benchmark fastclip vs torch.nn.utils.clip_grad_norm_ and report.")
@@ -55,6 +63,9 @@ def parse_args(argv=None):
     ap.add_argument("--timeout-clip", type=float, help="seconds (default: 240 on GPU, 1800 on CPU)")
     ap.add_argument("--timeout-overhead", type=float, help="seconds (default: 90 on GPU, 300 on CPU)")
     ap.add_argument("--note", default="", help="a line under the table header, e.g. 'noisy machine'")
+    ap.add_argument("--busy", type=int, nargs="?", const=1, default=0, metavar="N",
+                    help="keep N cores busy (default 1) with competing busy-loop processes during the timings; "
+                         "results go to bench/results/<device>-busy/")
     # FASTCLIP_RUN_DEADLINE (epoch seconds, set by gpu_check.sh) shortens the step timeouts to fit
     return ap.parse_args(argv)
 
@@ -121,6 +132,25 @@ def plain_cmd(what: str, out: str | None, quick: bool) -> list[str]:
     return cmd + (["--quick"] if quick else [])
 
 
+def run_steps(steps: list, args, runner: str, env: dict, out: str, deadline: float | None) -> list[str]:
+    """Run the benchmark steps (name, test file, timeout); returns the names of those that failed."""
+    failed = []
+    for what, test_file, timeout in steps:
+        if deadline:  # leave ~20 s for the report before the caller's hard limit
+            timeout = max(10.0, min(timeout, deadline - time.time() - 20))
+        partial = os.path.join(out, f"{what}.partial.jsonl")
+        for stale in (partial, os.path.join(out, f"{what}.json")):
+            if os.path.exists(stale) and not args.quick:
+                os.remove(stale)
+        env["FASTCLIP_BENCH_PARTIAL"] = partial
+        cmd = pytest_cmd(test_file, out, what, args.quick) if runner == "pytest" else plain_cmd(what, out, args.quick)
+        if run_step(what, cmd, env, os.path.join(out, "logs", f"{what}.log"), timeout) != 0:
+            failed.append(what)
+        if os.path.exists(os.path.join(out, f"{what}.json")) and os.path.exists(partial):
+            os.remove(partial)  # the complete JSON is there
+    return failed
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -142,9 +172,10 @@ def main(argv=None) -> int:
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    quiet_dir = os.path.join(BENCH, "results", device_info.device_slug(device))
     out = os.path.abspath(args.out) if args.out else (
         tempfile.mkdtemp(prefix="fastclip-bench-quick-") if args.quick
-        else os.path.join(BENCH, "results", device_info.device_slug(device)))
+        else quiet_dir + "-busy" if args.busy else quiet_dir)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     import grad_sets
 
@@ -156,11 +187,13 @@ def main(argv=None) -> int:
         sys.exit("--runner pytest: pytest-benchmark is not installed")
     print(f"[run] device: {device_info.device_name(device)}; preset {preset}; runner {runner}; results {out}",
           flush=True)
+    print(f"[run] load: {busy.describe(args.busy)}", flush=True)
 
     import json
 
     env_info = device_info.environment(device)
-    env_info.update({"preset": preset, "runner": runner, "quick": args.quick})
+    env_info.update({"preset": preset, "runner": runner, "quick": args.quick,
+                     "busy_processes": args.busy, "load": busy.describe(args.busy)})
     with open(os.path.join(out, "env.json"), "w", encoding="utf-8") as f:
         json.dump(env_info, f, indent=1)
 
@@ -170,6 +203,8 @@ def main(argv=None) -> int:
         env.pop("TRITON_INTERPRET", None)
     else:
         env["TRITON_INTERPRET"] = "1"  # host-overhead bench routes through the Triton backend on CPU
+    # the suites label their JSON with the load; the one started here is theirs (they start none)
+    env[busy.ENV] = env[busy.RUNNING_ENV] = str(args.busy)
     for var, val in (("FASTCLIP_BENCH_SETS", args.sets), ("FASTCLIP_BENCH_DTYPES", args.dtypes)):
         if val:
             env[var] = val
@@ -188,19 +223,8 @@ def main(argv=None) -> int:
     if not args.skip_overhead:
         steps.append(("overhead", "bench_overhead.py", t_over))
     deadline = float(os.environ.get("FASTCLIP_RUN_DEADLINE", 0)) or None  # set by gpu_check.sh
-    for what, test_file, timeout in steps:
-        if deadline:  # leave ~20 s for the report before the caller's hard limit
-            timeout = max(10.0, min(timeout, deadline - time.time() - 20))
-        partial = os.path.join(out, f"{what}.partial.jsonl")
-        for stale in (partial, os.path.join(out, f"{what}.json")):
-            if os.path.exists(stale) and not args.quick:
-                os.remove(stale)
-        env["FASTCLIP_BENCH_PARTIAL"] = partial
-        cmd = pytest_cmd(test_file, out, what, args.quick) if runner == "pytest" else plain_cmd(what, out, args.quick)
-        if run_step(what, cmd, env, os.path.join(out, "logs", f"{what}.log"), timeout) != 0:
-            failed.append(what)
-        if os.path.exists(os.path.join(out, f"{what}.json")) and os.path.exists(partial):
-            os.remove(partial)  # the complete JSON is there
+    with busy.load(args.busy, seconds=sum(t for *_, t in steps) + 60):  # ends by itself even if we are killed
+        failed += run_steps(steps, args, runner, env, out, deadline)
 
     if args.quick:
         # the plain runner and the report on real (1-round) numbers: every part of the pipeline runs
@@ -217,7 +241,9 @@ def main(argv=None) -> int:
         note = ("QUICK MODE: correctness only, one round per case; these times are "
                 "not measurements. " + note).strip()
     try:
-        text, markdown, missed = report.build(out, prev_path, note, plot=status["matplotlib"])
+        quiet_ref = os.path.join(quiet_dir, "clip.json")
+        quiet_ref = quiet_ref if args.busy and not args.quick and os.path.abspath(out) != quiet_dir else None
+        text, markdown, missed = report.build(out, prev_path, note, plot=status["matplotlib"], quiet_path=quiet_ref)
         with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
             f.write(markdown + "\n")
         print("\n" + text + "\n")

@@ -1,4 +1,4 @@
-r"""Exploding gradients in a vanilla RNN, and what clipping does about them (CPU, about 2 minutes).
+r"""Exploding gradients in a vanilla RNN, and what clipping does about them (CPU, one to a few minutes).
 
 The task is the *adding problem* of Hochreiter & Schmidhuber (1997), one of the synthetic
 long-memory tasks of Pascanu, Mikolov & Bengio (2013): a sequence of ``T`` steps carries two
@@ -15,8 +15,11 @@ batches, with SGD + momentum:
    with a rolling window: c = median of the last 100 norms, this one included), or
    ``--adaptive mean`` (``MeanClipper``, Pascanu et al.'s "average norm") / ``--adaptive zclip``.
 
-With the defaults (seed 0) the unclipped run blows up in its first hundred steps (gradient norms
-~1e3, loss ~1e2) and never gets below the 1/6 line; both clipped runs learn the task.  The
+The robust conclusion: with the defaults (seed 0) the unclipped run blows up in its first hundred
+steps (gradient norms ~1e3, loss ~1e2) and stays at the 1/6 line (learns nothing), while both clipped runs
+learn the task (test MSE well below 1/6).  The exact MSEs depend on the machine (float reduction
+order in torch's CPU kernels): seed 0 gave 0.198 / 0.013 / 0.021 (no clipping / fixed c = 1 /
+AutoClip) on a 2-core Intel Xeon VM and 0.166 / 0.0112 / 0.088 on a 2-core AMD EPYC VM.  The
 outcome depends on the seed: the initial explosion is a property of the random initialisation.
 On this task the norm varies over three orders of magnitude even in healthy training, which is
 not what ``ZClipper`` (a spike detector for the steady norms of LLM pre-training) or a mean taken
@@ -28,7 +31,8 @@ with :func:`fastclip.monitor.plot_norm_history`), and a summary table on stdout.
 
 Run::
 
-    python examples/exploding_gradients.py            # full run, ~1 min on one CPU core
+    python examples/exploding_gradients.py            # full run: 1 to a few minutes on one CPU core
+                                                      # (the CPU's speed and other load decide)
     python examples/exploding_gradients.py --steps 20 # smoke run
 
 References:

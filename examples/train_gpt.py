@@ -4,7 +4,7 @@ Logs the loss, the gradient norm before clipping and the clip coefficient
 min(max_norm / (norm + 1e-6), 1), and writes a loss / grad-norm plot. The norms stay on the device
 during training (no host sync per step); they are read at log steps and at the end.
 
-    python examples/train_gpt.py                        # CPU: 15 s to 2 min, or a GPU if present
+    python examples/train_gpt.py                        # CPU: 15 s to 2 min (the CPU and other load decide), or a GPU
     python examples/train_gpt.py --steps 20             # smoke test
     python examples/train_gpt.py --compile              # torch.compile (fastclip is one op node)
     torchrun --standalone --nproc_per_node 2 examples/train_gpt.py --fsdp   # FSDP2: gloo on CPU, NCCL on GPU
@@ -166,6 +166,11 @@ def plot(history: dict, max_norm: float, path: pathlib.Path, title: str) -> None
     plt.close(fig)
 
 
+def default_plot(fsdp: bool, compile: bool) -> pathlib.Path:
+    """examples/out/train_gpt[_fsdp][_compile].png: a --compile or --fsdp run keeps the eager run's plot."""
+    return HERE / "out" / f"train_gpt{'_fsdp' if fsdp else ''}{'_compile' if compile else ''}.png"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(HERE / "fables.txt"))
@@ -183,10 +188,13 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="torch.compile the model and the clipping step")
     ap.add_argument("--compile-backend", default="inductor", help="e.g. aot_eager for a quick check")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--plot", default=str(pathlib.Path(__file__).parent / "out" / "train_gpt.png"),
-                    help="where to write the loss/grad-norm plot ('' = none); default examples/out/train_gpt.png")
+    ap.add_argument("--plot", default=None,
+                    help="where to write the loss/grad-norm plot ('' = none); default one file per mode: "
+                         "examples/out/train_gpt[_fsdp][_compile].png")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.plot is None:
+        args.plot = str(default_plot(args.fsdp, args.compile))
 
     rank, world, device = setup_distributed(args)
     log = print if rank == 0 else (lambda *a, **k: None)

@@ -45,15 +45,26 @@ def grads(params):
     return [p.grad for p in params if p.grad is not None]
 
 
-def skip_or_fail(reason: str):
-    """Skip, unless FASTCLIP_REQUIRE_TRITON=1 (CI) makes a missing Triton a failure."""
+def skip_or_fail(reason: str, module_level: bool = False):
+    """Skip (a test, or with ``module_level`` the whole calling module), unless
+    FASTCLIP_REQUIRE_TRITON=1 (CI) makes a missing Triton a failure."""
     import os
 
     import pytest
 
     if os.environ.get("FASTCLIP_REQUIRE_TRITON") == "1":
-        pytest.fail(f"Triton required (FASTCLIP_REQUIRE_TRITON=1) but unavailable: {reason}")
-    pytest.skip(reason)
+        pytest.fail(f"Triton required (FASTCLIP_REQUIRE_TRITON=1) but unavailable: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
+def require_triton_module():
+    """Call at the top of a test module that imports fastclip's Triton code: without an importable
+    triton the module is skipped with the reason (a collection error under FASTCLIP_REQUIRE_TRITON=1)."""
+    from fastclip._backend import _triton_status
+
+    importable, _, reason = _triton_status()
+    if not importable:
+        skip_or_fail(reason, module_level=True)
 
 
 def spy_calls(monkeypatch, module, names):

@@ -82,10 +82,10 @@ def test_fp16_gradients_are_refused_like_gradscaler(backend, device):
 
 
 def test_fused_step_is_two_launches(monkeypatch):
-    import fastclip._triton_backend as tb
     from oracles import require_triton_on_cpu, spy_calls
 
-    require_triton_on_cpu()
+    require_triton_on_cpu()  # before importing the Triton backend: without triton this skips
+    import fastclip._triton_backend as tb
     calls = spy_calls(monkeypatch, tb, ("launch_norm_partials", "launch_scale"))
     monkeypatch.setenv("FASTCLIP_BACKEND", "triton")
     _step(True, torch.device("cpu"))

@@ -96,3 +96,10 @@ def test_train_gpt_fsdp2_under_torchrun(tmp_path):
     assert done.returncode == 0, report
     assert "world 2 | FSDP2" in done.stdout and "done: 6 steps" in done.stdout, report
     assert plot.exists(), report
+
+
+def test_train_gpt_modes_write_distinct_default_plots():
+    module = _load_example()
+    paths = {module.default_plot(fsdp, compile) for fsdp in (False, True) for compile in (False, True)}
+    assert len(paths) == 4
+    assert module.default_plot(False, False) == EXAMPLES / "out" / "train_gpt.png"

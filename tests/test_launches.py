@@ -11,12 +11,15 @@ import collections
 import pytest
 import torch
 
-import fastclip
-import fastclip._dispatch
-import fastclip._triton_backend
-from conftest import requires_cuda
-from oracles import clone_params, grads, make_params, ref_coef, ref_norm, spy_calls
-from test_clip import ALL_DTYPES, TOL, assert_norm_accurate, param_with_grad
+from oracles import clone_params, grads, make_params, ref_coef, ref_norm, require_triton_module, spy_calls
+
+require_triton_module()  # every test here is about the Triton path: skip the module without triton
+
+import fastclip  # noqa: E402
+import fastclip._dispatch  # noqa: E402
+import fastclip._triton_backend  # noqa: E402
+from conftest import requires_cuda  # noqa: E402
+from test_clip import ALL_DTYPES, TOL, assert_norm_accurate, param_with_grad  # noqa: E402
 
 #: these tests are about the Triton path: run them on it (the backend fixture fails instead of
 #: skipping when FASTCLIP_REQUIRE_TRITON=1 and Triton can't run)

@@ -1,0 +1,82 @@
+"""A bounded competing load: processes that keep CPU cores busy beside the timings (``--busy``).
+
+Training machines are rarely quiet (data-loader workers, a second job, a notebook), and a CPU
+path made of many short parallel regions can collapse when one core is taken: every region waits
+for the thread whose core another process holds.  ``bench/run.py --busy`` (or
+``FASTCLIP_BENCH_BUSY=N`` for the pytest-benchmark suite alone) measures that case.
+
+Each busy process is a pure-Python spin loop that stops by itself at a deadline, so it can never
+outlive the benchmark even if the benchmark is killed; it is also terminated when the load ends.
+
+    with busy.load(1, seconds=600):   # one core kept busy for at most 10 minutes
+        ...
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+
+#: the environment variable that asks the benchmark suite for a busy load (number of processes)
+ENV = "FASTCLIP_BENCH_BUSY"
+#: set while a load started by bench/run.py is running, so the suite does not start a second one
+RUNNING_ENV = "FASTCLIP_BENCH_BUSY_RUNNING"
+
+_LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def requested() -> int:
+    """Busy processes asked for through ``FASTCLIP_BENCH_BUSY`` (0 when unset)."""
+    raw = os.environ.get(ENV, "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"{ENV} must be a number of busy processes (e.g. 1), got {raw!r}")
+    return int(raw)
+
+
+def describe(n: int) -> str:
+    """The label that goes into table headers and JSON metadata."""
+    if n <= 0:
+        return "quiet (no competing load started by the benchmark)"
+    cores = os.cpu_count() or 1
+    return (f"{n} competing busy-loop process{'es' if n > 1 else ''} beside the timings "
+            f"({n} of {cores} cores kept busy)")
+
+
+def start(n: int, seconds: float) -> list[subprocess.Popen]:
+    """Start ``n`` spin-loop processes that each end by themselves after ``seconds``."""
+    code = _LOOP.format(seconds=float(seconds))
+    return [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def load(n: int, seconds: float):
+    """``n`` busy processes for the duration of the block (at most ``seconds``); none if n <= 0."""
+    procs = start(n, seconds) if n > 0 else []
+    old = os.environ.get(RUNNING_ENV)
+    if procs:
+        os.environ[RUNNING_ENV] = str(n)
+    try:
+        yield procs
+    finally:
+        stop(procs)
+        if procs:
+            if old is None:
+                os.environ.pop(RUNNING_ENV, None)
+            else:
+                os.environ[RUNNING_ENV] = old
