@@ -62,6 +62,8 @@ POLICIES = {
     "zclip-skip-update": lambda **kw: ZClipper(warmup_steps=3, z_thresh=1.5, skip_update_on_spike=True, **kw),
     "zclip-skip": lambda **kw: ZClipper(warmup_steps=3, max_norm=1.0, nonfinite="skip", **kw),
     "zclip-eps0": lambda **kw: ZClipper(warmup_steps=3, eps=0.0, **kw),
+    "zclip-min-std": lambda **kw: ZClipper(warmup_steps=3, min_std=0.5, max_grad_norm=20.0, **kw),
+    "zclip-min-std-mean": lambda **kw: ZClipper(warmup_steps=4, min_std=0.2, clip_option="mean", eps=0.0, **kw),
     "percentile-1": lambda **kw: PercentileClipper(10.0, window=1, **kw),
     "percentile-4": lambda **kw: PercentileClipper(37.5, window=4, **kw),
     "percentile-7-max": lambda **kw: PercentileClipper(100.0, window=7, **kw),
@@ -157,6 +159,7 @@ MATRIX = [("fixed", "fp32"), ("fixed-inf", "bf16"), ("fixed-skip", "fp64"),
           ("mean", "fp32"), ("mean-running", "fp16+fp64"), ("mean-warmup-max", "bf16"), ("mean-skip", "fp64"),
           ("zclip", "fp32"), ("zclip-1", "fp64"), ("zclip-mean", "bf16"), ("zclip-cap", "fp16+fp64"),
           ("zclip-skip-update", "fp32"), ("zclip-skip", "fp64"), ("zclip-eps0", "fp32"),
+          ("zclip-min-std", "bf16"), ("zclip-min-std-mean", "fp64"),
           ("percentile-1", "fp32"), ("percentile-4", "fp64"), ("percentile-7-max", "bf16"),
           ("percentile-7-min", "fp16+fp64"), ("percentile-skip", "fp32")]
 
@@ -183,7 +186,7 @@ def test_hundreds_of_concurrent_programs_are_bitwise_the_reference(policy, devic
 
 
 @pytest.mark.parametrize("norms", [CONSTANT, ZEROS], ids=["constant", "zeros"])
-@pytest.mark.parametrize("policy", ["mean", "zclip-eps0", "percentile-4"])
+@pytest.mark.parametrize("policy", ["mean", "zclip-eps0", "zclip-min-std", "percentile-4"])
 def test_constant_and_zero_norms_are_bitwise_the_reference(policy, norms):
     make = POLICIES[policy]
     assert_same_steps(run(make(), norms), run(reference(make), norms))
