@@ -17,12 +17,14 @@ from __future__ import annotations
 import functools
 import io
 import math
+import types
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastclip
+import fastclip._dispatch
 import fastclip._triton_backend
 from fastclip._backend import triton_can_run_on
 from fastclip._dispatch import route
@@ -349,6 +351,21 @@ def test_per_tensor_norms_come_from_the_same_norm_launch():
         result, norms = clipper(params, per_tensor=True)
         assert torch.equal(bits(result.norm), bits(expected[0]))
         assert torch.equal(bits(norms), bits(expected[1]))
+
+
+@pytest.mark.parametrize("step", ["clipper", "clip_"])
+def test_a_step_routes_with_the_key_of_the_native_helper_as_clip_does(step, monkeypatch):
+    """The gradients and their route key come from one pass of the native helper (fastclip.native):
+    a steady-state step never reads every tensor's address and size again in Python (signature())."""
+    key = b"\x01" * 24 * 2
+    helper = types.SimpleNamespace(collect=lambda items, of_params, known: ([p.grad for p in items], key))
+    monkeypatch.setattr(fastclip._dispatch, "_native", lambda: helper)
+    signatures = spy_calls(monkeypatch, fastclip._dispatch, ("signature",))
+    clipper, params = ZClipper(warmup_steps=2), make_model()
+    for i, x in enumerate(SHORT[:4]):
+        set_grads(params, i, x)
+        clipper(params) if step == "clipper" else fastclip.clip_(params, 1.0)
+    assert signatures == ["signature"]  # once, when the route was built
 
 
 class _ComputeOps(TorchDispatchMode):
