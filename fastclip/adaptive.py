@@ -20,14 +20,22 @@ capture needs.  How a step runs:
   :func:`fastclip.clip_`: the norm launch, then the scale launch, whose programs each compute the
   threshold from the clipper's state (one small float64 device buffer, of which the state tensors
   are views); the last program to read it writes the new state and the results.  Nothing else
-  runs on the device.
+  runs on the device.  Sharded gradients (``group=``, or FSDP2's DTensors on one mesh) add one
+  all-reduce of the norm launch's partial sums between the two launches, as ``clip_`` does.
 * Otherwise (the plain-PyTorch path, e.g. on the CPU; ``PercentileClipper`` with unbounded
-  history or a window over 4096; gradients on several devices; DTensor gradients; inside
-  ``torch.compile``; a subclass's own policy) a step is :func:`fastclip.total_norm`, 15-30
-  one-element torch ops for the policy (:meth:`Clipper._threshold`), then
-  :func:`fastclip.clip_with_norm_` with the threshold as a 0-d device tensor.  This torch-op
-  implementation is also the reference: on the same norms, the kernel's thresholds, results,
-  state and gradients are bitwise the same (tests/test_policy_kernel.py).
+  history or a window over 4096; gradients on several devices; DTensors over several meshes or
+  placements; the inf-norm of sharded gradients; inside ``torch.compile``; a subclass's own
+  policy) a step is :func:`fastclip.total_norm` (with ``group=``: the global norm, through
+  ``fastclip.distributed``), 15-30 one-element torch ops for the policy
+  (:meth:`Clipper._threshold`), then :func:`fastclip.clip_with_norm_` with the threshold as a 0-d
+  device tensor.  This torch-op implementation is also the reference: on the same norms, the
+  kernel's thresholds, results, state and gradients are bitwise the same
+  (tests/test_policy_kernel.py).
+
+Sharded gradients: every rank gets the global norm, bitwise the same on every rank, so every
+rank computes the same threshold and keeps the same state (tests/test_distributed.py); every rank
+must call the clipper at every step, with or without gradients, and hold its gradients on one
+device.
 
 Conventions shared by all policies:
 
@@ -55,10 +63,10 @@ from typing import NamedTuple
 
 import torch
 
-from . import _inputs
+from . import _dispatch, _inputs, distributed
 from . import custom_op as _custom_op
 from ._backend import use_triton
-from ._dispatch import route
+from ._dispatch import empty_work, route
 from .api import clip_with_norm_, total_norm
 from .kernels.launch_settings import (NONFINITE_ERROR, NONFINITE_PROPAGATE, NONFINITE_SKIP, POLICY_FIXED,
                                       POLICY_MAX_WINDOW, POLICY_MEAN, POLICY_NONE, POLICY_PERCENTILE, POLICY_SETTINGS,
@@ -143,17 +151,22 @@ class Clipper:
             Default: 2.0
         nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'`` (module docstring).
             Default: ``'propagate'``
+        group (ProcessGroup, optional): the gradients on each rank are shards of one model over
+            this group (tensor, pipeline or hand-made sharding): the norm is the global one, so
+            every rank computes the same threshold and keeps the same state.  DTensor gradients
+            (FSDP2, tensor parallel) need no group.  Default: None
     """
 
     _POLICY = POLICY_NONE  # the policy code of the scale launch (launch_settings.POLICY_*); none: torch ops
     _SLOTS: dict = {}  # state tensor name -> its first word in the policy buffer
 
-    def __init__(self, *, norm_type=2.0, nonfinite: str = "propagate"):
+    def __init__(self, *, norm_type=2.0, nonfinite: str = "propagate", group=None):
         self._p, self._kind = _inputs.parse_norm_type(norm_type)  # validate now, not at the first step
         if nonfinite not in _NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {', '.join(map(repr, _NONFINITE_MODES))}, got {nonfinite!r}")
         self.norm_type = norm_type
         self.nonfinite = nonfinite
+        self.group = group
         self._state: dict[str, torch.Tensor] | None = None  # allocated at the first step, on its device
         self._buffer: torch.Tensor | None = None  # the policy buffer the state tensors are views of
         self._derived_valid = False  # buffer words derived from the state (percentile: sorted copies)
@@ -240,40 +253,91 @@ class Clipper:
             ClipResult: ``(norm, threshold, coef, clipped, found_inf)``, 0-d tensors on the
             gradients' device; with ``per_tensor=True``, a tuple ``(result, norms)`` with
             ``norms`` 1-D in gradient order.  With no gradients at all: norm 0 and coef 1 on the
-            CPU, and the state is left untouched.
+            CPU, and the state is left untouched (with ``group=``, a rank without gradients
+            still takes part: it gets the global norm and updates its state like the others).
+
+        Raises:
+            NotImplementedError: ``per_tensor=True`` with sharded gradients (``group=`` or DTensor).
         """
         with torch.no_grad():
             return self._step(parameters, per_tensor)
 
+    def step(self, model_or_parameters):
+        r"""Clip the gradients of a module's parameters (or of ``parameters``): the official ZClip
+        class's ``step(model)``, for every clipper.  Call it after ``loss.backward()`` and before
+        ``optimizer.step()``.
+
+        Args:
+            model_or_parameters (torch.nn.Module or Iterable[Tensor] or Tensor): a module (its
+                ``.parameters()`` are clipped) or the parameters themselves.
+
+        Returns:
+            ClipResult: as :meth:`__call__` (device tensors; the official ``step`` returns the
+            norm as a Python float, which costs a host sync per step).
+
+        Example::
+
+            >>> import torch, fastclip
+            >>> model = torch.nn.Linear(2, 1, bias=False)
+            >>> model.weight.grad = torch.tensor([[3.0, 4.0]])
+            >>> fastclip.FixedClipper(1.0).step(model).norm
+            tensor(5.)
+        """
+        if isinstance(model_or_parameters, torch.nn.Module):
+            model_or_parameters = model_or_parameters.parameters()
+        return self(model_or_parameters)
+
     def _step(self, parameters, per_tensor: bool):
         params = _inputs.as_tensor_list(parameters)
-        grads = _inputs.grads_of(params)
-        if not grads:
+        grads, key = _dispatch.collect(params, of_params=True)  # as clip_: the native helper's fast path
+        # a native key means the helper saw plain tensors only
+        sharded = self.group is not None or (key is None and _inputs.has_dtensor(grads))
+        if sharded and per_tensor:
+            raise NotImplementedError("per_tensor=True is not supported with sharded gradients (group= or DTensor) yet")
+        if not grads and not sharded:  # sharded: a rank without gradients still joins the collective
             zero = torch.tensor(0.0)
             result = ClipResult(zero, torch.tensor(math.inf), torch.tensor(1.0), torch.tensor(False), zero.clone())
             return (result, torch.zeros(0)) if per_tensor else result
-        work = self._kernel_work(grads, params)
-        if work is not None:
+        fused = self._fused_route(grads, key, params, sharded)
+        if fused is not None:
+            work, local, reduce_partials = fused
             self._state_on(work.device)
             if self._buffer is not None:  # the state has the layout the kernel expects
-                return self._kernel_step(work, grads, per_tensor)
+                return self._kernel_step(work, local, per_tensor, reduce_partials)
         return self._torch_step(params, grads, per_tensor)
 
-    def _kernel_work(self, grads: list, params: list):
-        """The Triton DeviceWork when this step can run in the two launches of clip_, else None."""
+    def _fused_route(self, grads: list, key, params: list, sharded: bool):
+        """``(work, local gradients, reduce_partials)`` when this step can run in the two launches
+        of clip_ (sharded: with the all-reduce of the partials between them), else None.
+
+        On several ranks, every rank must decide the same way (they meet in the collective):
+        from the clipper's settings, the backend of the device, the placements and the group.
+        """
         if not self._fuse_policy or self._kernel_policy() == POLICY_NONE or _custom_op.is_compiling():
             return None
+        reduce_partials = None
+        if sharded:
+            if self._p == math.inf:
+                return None  # the partials are maxima: the torch path reduces them with MAX
+            shards = distributed.single_reduction(grads, self.group)
+            if shards is None:
+                return None  # several meshes or placements: the torch path combines them
+            grads, group = shards
+            key, reduce_partials = None, distributed.partials_reducer(group)
+            if not grads:
+                device = distributed.device_of(group)
+                return (empty_work(device), grads, reduce_partials) if use_triton(device) else None
         first = grads[0]
-        if not isinstance(first, torch.Tensor) or not use_triton(first.device) or _inputs.has_dtensor(grads):
+        if not isinstance(first, torch.Tensor) or not use_triton(first.device):
             return None  # the torch-op path handles (or rejects) these
         try:
-            works = route(grads)
+            works = route(grads, key)
         except TypeError:
             _inputs.check_param_grads(params)  # a bad gradient: name its parameter's position
             raise
-        return works[0] if len(works) == 1 and works[0].triton else None
+        return (works[0], grads, reduce_partials) if len(works) == 1 and works[0].triton else None
 
-    def _kernel_step(self, work, grads: list, per_tensor: bool):
+    def _kernel_step(self, work, grads: list, per_tensor: bool, reduce_partials=None):
         from . import _triton_backend  # imports triton: only on the Triton path
 
         self._before_step()
@@ -282,7 +346,7 @@ class Clipper:
             self._derived_valid = True
         norm_dtype = torch.float64 if work.has_fp64 else torch.float32
         out = _triton_backend.clip_with_policy(work, grads, self._p, self._kind, norm_dtype, self._kernel_policy(),
-                                               self._buffer, per_tensor=per_tensor)
+                                               self._buffer, per_tensor=per_tensor, reduce_partials=reduce_partials)
         values, norms = out if per_tensor else (out, None)
         result = ClipResult(*values)
         # nonfinite='error': the kernel left grads and state alone; reading the flag is the one sync
@@ -295,7 +359,7 @@ class Clipper:
         if per_tensor:
             norm, norms = total_norm(grads, self.norm_type, per_tensor=True)
         else:
-            norm = total_norm(grads, self.norm_type)
+            norm = total_norm(grads, self.norm_type, group=self.group)
         finite = torch.isfinite(norm)
         if self.nonfinite == "error" and not bool(finite):  # the one mode that reads the device
             raise _inputs.nonfinite_error(self._p)
@@ -346,7 +410,7 @@ class Clipper:
         """
         if state_dict.get("policy") != type(self).__name__:
             raise ValueError(f"state_dict is for {state_dict.get('policy')!r}, not {type(self).__name__!r}")
-        mine, theirs = self._config(), state_dict.get("config", {})
+        mine, theirs = self._config(), self._upgrade_config(state_dict.get("config", {}))
         if strict and mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise ValueError(f"{type(self).__name__}.load_state_dict: saved hyper-parameters differ in "
@@ -372,6 +436,11 @@ class Clipper:
         """A state saved by an earlier fastclip, in this version's layout (default: as it is)."""
         return saved
 
+    def _upgrade_config(self, saved: dict) -> dict:
+        """Hyper-parameters saved by an earlier fastclip, with the ones added since at the values
+        that reproduce its rule (default: as they are)."""
+        return saved
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
         return f"{type(self).__name__}({args})"
@@ -387,6 +456,7 @@ class FixedClipper(Clipper):
         max_norm (float): the threshold c >= 0.
         norm_type (float or str, optional): order of the norm. Default: 2.0
         nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'``. Default: ``'propagate'``
+        group (ProcessGroup, optional): shards over a process group (see :class:`Clipper`). Default: None
 
     Example::
 
@@ -408,8 +478,8 @@ class FixedClipper(Clipper):
     _POLICY = POLICY_FIXED
     _SLOTS = {"threshold": POLICY_WORD_STAT0}
 
-    def __init__(self, max_norm: float, *, norm_type=2.0, nonfinite: str = "propagate"):
-        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+    def __init__(self, max_norm: float, *, norm_type=2.0, nonfinite: str = "propagate", group=None):
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite, group=group)
         self.max_norm = _check_number(max_norm, "max_norm", low=0.0, allow_inf=True)
 
     def _config(self) -> dict:
@@ -456,6 +526,7 @@ class MeanClipper(Clipper):
         running (bool, optional): keep averaging after the warm-up (see above). Default: False
         norm_type (float or str, optional): order of the norm. Default: 2.0
         nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'``. Default: ``'propagate'``
+        group (ProcessGroup, optional): shards over a process group (see :class:`Clipper`). Default: None
 
     Example::
 
@@ -474,8 +545,8 @@ class MeanClipper(Clipper):
     """
 
     def __init__(self, warmup_steps: int, factor: float = 1.0, warmup_max_norm: float | None = None, *,
-                 running: bool = False, norm_type=2.0, nonfinite: str = "propagate"):
-        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+                 running: bool = False, norm_type=2.0, nonfinite: str = "propagate", group=None):
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite, group=group)
         self.warmup_steps = _check_int(warmup_steps, "warmup_steps", low=1)
         self.factor = _check_number(factor, "factor", low=0.0, low_ok=False)
         self.warmup_max_norm = (None if warmup_max_norm is None
@@ -545,6 +616,7 @@ class PercentileClipper(Clipper):
         capacity (int, optional): initial buffer length for the unbounded history. Default: 1024
         norm_type (float or str, optional): order of the norm. Default: 2.0
         nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'``. Default: ``'propagate'``
+        group (ProcessGroup, optional): shards over a process group (see :class:`Clipper`). Default: None
 
     Example::
 
@@ -564,8 +636,8 @@ class PercentileClipper(Clipper):
     """
 
     def __init__(self, percentile: float = 10.0, window: int | None = None, *, capacity: int = 1024,
-                 norm_type=2.0, nonfinite: str = "propagate"):
-        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+                 norm_type=2.0, nonfinite: str = "propagate", group=None):
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite, group=group)
         self.percentile = _check_number(percentile, "percentile", low=0.0, high=100.0)
         self.window = None if window is None else _check_int(window, "window", low=1)
         self.capacity = _check_int(capacity, "capacity", low=1)
@@ -641,26 +713,34 @@ class PercentileClipper(Clipper):
 class ZClipper(Clipper):
     r"""ZClip: z-score spike clipping on EMA statistics of the gradient norm (Kumar et al. 2025).
 
-    Implements the official code's default mode, ``mode='zscore'`` with
-    ``clip_option='adaptive_scaling'`` (``clip_option='mean'`` is available too); ZClip's
-    ``'percentile'`` mode is not implemented.  With :math:`g_t` the norm of step t:
+    The official ``ZClip`` class's rule and names: ``mode='zscore'`` (the default; ZClip's
+    ``'percentile'`` mode raises NotImplementedError) with ``clip_option='adaptive_scaling'`` or
+    ``'mean'``, ``max_grad_norm``, ``clip_factor``, ``skip_update_on_spike``, and
+    ``step(model)``.  Only ``alpha`` and ``z_thresh`` may be passed by position (the first two
+    positions of both classes); everything else is keyword-only, so ``ZClipper(0.97, 2.5, 5)``
+    raises instead of meaning something other than the official ``ZClip(0.97, 2.5, 5)`` (whose
+    third argument is ``max_grad_norm``).  With :math:`g_t` the norm of step t:
 
-    * warm-up: over the first ``warmup_steps`` norms, :math:`\mu` = their mean and
-      :math:`\sigma^2` = their (population) variance, accumulated one norm per step with
+    * **warm-up**: over the first ``warmup_steps`` (default 25) finite norms, :math:`\mu` = their
+      mean and :math:`\sigma^2` = their (population) variance, accumulated one norm per step with
       Welford's update (a fixed order of operations that the kernel computes identically; the
       official code sums a buffer of them, which differs in the last bits).  During warm-up the
-      threshold is ``max_norm`` (None: no clipping).
-    * then, with :math:`\sigma = \sqrt{\sigma^2}` and :math:`z_t = (g_t - \mu)/(\sigma + \epsilon)`:
-      if :math:`z_t > z_\text{thresh}` the step is a spike and
+      threshold is ``max_grad_norm``: **with the default** ``max_grad_norm=None`` **nothing is
+      clipped for the first 25 steps** (the official default is 1.0, a fixed cap during warm-up
+      and on top of ZClip after it).
+    * then, with :math:`\sigma = \max(\sqrt{\sigma^2}, \text{min\_std})` and
+      :math:`z_t = (g_t - \mu)/(\sigma + \epsilon)`: if :math:`z_t > z_\text{thresh}` the step is a
+      spike and
 
       .. math::
           c_t = \text{clip\_factor} \cdot \Big(\mu + \frac{z_\text{thresh}\,\sigma}{z_t / z_\text{thresh}}\Big)
           \quad (\text{adaptive\_scaling}), \qquad c_t = \mu \quad (\text{mean})
 
-      otherwise :math:`c_t = \infty` (not clipped).  With ``max_norm``, :math:`c_t \leftarrow
-      \min(c_t, \text{max\_norm})` (the official ``max_grad_norm``).
-    * the EMA is updated with :math:`u_t = c_t` (before the ``max_norm`` cap) for a spike, else
-      :math:`u_t = g_t` (skipped for spikes if ``skip_update_on_spike``), as in the official code:
+      otherwise :math:`c_t = \infty` (not clipped).  With ``max_grad_norm``, :math:`c_t \leftarrow
+      \min(c_t, \text{max\_grad\_norm})`.
+    * the EMA is updated with :math:`u_t = c_t` (before the ``max_grad_norm`` cap) for a spike,
+      else :math:`u_t = g_t` (skipped for spikes if ``skip_update_on_spike``), as in the official
+      code:
 
       .. math::
           \mu \leftarrow \alpha\mu + (1-\alpha)u_t, \qquad
@@ -668,21 +748,39 @@ class ZClipper(Clipper):
 
       where the variance uses the *updated* mean, as the official ``_update_ema`` does.
 
-    Differences from the official class: ``max_norm`` defaults to None (theirs to 1.0, a fixed cap
-    on top of ZClip), non-finite norms are not recorded (see the module docstring), and the
-    statistics are float64 device tensors instead of Python floats.
+    **σ = 0.**  If the warm-up norms are all equal (all zero, say, or a constant loss), then
+    :math:`\sigma = 0`, :math:`z_t = (g_t - \mu)/\epsilon` is huge for any larger norm, and every
+    norm above the mean is a spike clipped to the mean (:math:`c_t = \mu`, since the adaptive
+    term vanishes); while the norms stay constant the variance stays 0.  The official code does
+    the same.  ``min_std`` (default 0: the official rule) is a floor on :math:`\sigma`: a norm is
+    then a spike only above :math:`\mu + z_\text{thresh}(\text{min\_std} + \epsilon)`.
+
+    Differences from the official class (bluorion-com/ZClip): ``max_grad_norm`` defaults to None
+    (theirs 1.0); the clip coefficient is torch's ``min(c / (norm + 1e-6), 1)`` at every step
+    (theirs, after warm-up, leaves a norm equal to the cap unscaled: a 1e-6 relative difference);
+    non-finite norms are not recorded (see the module docstring); the statistics are float64
+    device tensors instead of Python floats, and ``step`` returns a :class:`ClipResult` of device
+    tensors instead of the norm as a float (no host sync).
 
     Args:
         alpha (float, optional): EMA smoothing factor in (0, 1). Default: 0.97
         z_thresh (float, optional): z-score above which a norm is a spike (> 0). Default: 2.5
-        warmup_steps (int, optional): steps (>= 1) collected before the EMA starts. Default: 25
+        max_grad_norm (float, optional): fixed cap, also applied during warm-up; None: no cap.
+            Default: None
+        eps (float, optional): added to sigma in the z-score. Default: 1e-6
+        warmup_steps (int, optional): finite norms (>= 1) collected before the EMA starts; no
+            clipping meanwhile unless ``max_grad_norm`` is given. Default: 25
+        mode (str, optional): ``'zscore'``; ``'percentile'`` raises NotImplementedError.
+            Default: ``'zscore'``
         clip_option (str, optional): ``'adaptive_scaling'`` or ``'mean'``. Default: ``'adaptive_scaling'``
         clip_factor (float, optional): multiplier of the adaptive threshold. Default: 1.0
-        max_norm (float, optional): fixed cap, also applied during warm-up. Default: None
         skip_update_on_spike (bool, optional): don't update the EMA on spikes. Default: False
-        eps (float, optional): added to sigma in the z-score. Default: 1e-6
+        min_std (float, optional): floor of sigma (>= 0); 0 is the official rule. Default: 0.0
+        max_norm (float, optional): another name of ``max_grad_norm`` (the name fastclip's other
+            clippers use); pass one of the two. Default: None
         norm_type (float or str, optional): order of the norm. Default: 2.0
         nonfinite (str, optional): ``'propagate'``, ``'skip'`` or ``'error'``. Default: ``'propagate'``
+        group (ProcessGroup, optional): shards over a process group (see :class:`Clipper`). Default: None
 
     Example::
 
@@ -697,34 +795,57 @@ class ZClipper(Clipper):
 
     References:
         Kumar, Owen, Roy Chowdhury & Güra, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training",
-        arXiv 2504.02507 (2025).  Update rule followed: the official implementation,
-        https://github.com/bluorion-com/ZClip/blob/134344fc622f4e34359caa03822a332d08734cd4/zclip.py
-        (``_initialize_ema``, ``_update_ema``, ``_compute_zscore``, ``_compute_clip_val``, ``step``),
-        with ``clip_factor`` and ``skip_update_on_spike`` as added in
-        https://github.com/bluorion-com/ZClip/blob/1acb0857675f30bbb2427e90253702a1da31bcea/zclip/zclip.py
+        arXiv 2504.02507 (2025).  Rule followed: the official implementation at main,
+        https://github.com/bluorion-com/ZClip/blob/584ce4f5a4aabab59e7df1dbaffc26a44df39dc1/zclip/zclip.py
+        (``_initialize_ema``, ``_update_ema``, ``_compute_positive_zscore``, ``_compute_clip_val``,
+        ``step``; the file is unchanged since e42cdd1, 2025-05-10), which runs; the earlier
+        commits 1acb0857 (its zclip/zclip.py does not parse) and 134344fc (its ``step`` calls the
+        missing ``apply_in_place_clipping``) do not.
     """
 
-    def __init__(self, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int = 25, *,
-                 clip_option: str = "adaptive_scaling", clip_factor: float = 1.0, max_norm: float | None = None,
-                 skip_update_on_spike: bool = False, eps: float = 1e-6, norm_type=2.0, nonfinite: str = "propagate"):
-        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+    def __init__(self, alpha: float = 0.97, z_thresh: float = 2.5, *, max_grad_norm: float | None = None,
+                 eps: float = 1e-6, warmup_steps: int = 25, mode: str = "zscore",
+                 clip_option: str = "adaptive_scaling", clip_factor: float = 1.0, skip_update_on_spike: bool = False,
+                 min_std: float = 0.0, max_norm: float | None = None, norm_type=2.0, nonfinite: str = "propagate",
+                 group=None):
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite, group=group)
         self.alpha = _check_number(alpha, "alpha", low=0.0, low_ok=False, high=1.0)
         if self.alpha == 1.0:
             raise ValueError("alpha must be < 1 (alpha = 1 never updates the statistics)")
         self.z_thresh = _check_number(z_thresh, "z_thresh", low=0.0, low_ok=False)
         self.warmup_steps = _check_int(warmup_steps, "warmup_steps", low=1)
+        if not isinstance(mode, str):
+            raise TypeError(f"mode must be a str, got {type(mode).__name__}")
+        if mode.lower() == "percentile":
+            raise NotImplementedError("ZClip's mode='percentile' (clip every norm above mean + z_thresh * std) is not "
+                                      "implemented; mode='zscore' (the default) is")
+        if mode.lower() != "zscore":
+            raise ValueError(f"mode must be 'zscore' ('percentile' is not implemented), got {mode!r}")
         if clip_option not in ("adaptive_scaling", "mean"):
             raise ValueError(f"clip_option must be 'adaptive_scaling' or 'mean', got {clip_option!r}")
         self.clip_option = clip_option
         self.clip_factor = _check_number(clip_factor, "clip_factor", low=0.0, low_ok=False)
-        self.max_norm = None if max_norm is None else _check_number(max_norm, "max_norm", low=0.0, allow_inf=True)
+        if max_norm is not None and max_grad_norm is not None:
+            raise TypeError("ZClipper takes max_grad_norm or its other name max_norm, not both")
+        cap = max_grad_norm if max_norm is None else max_norm
+        self.max_norm = None if cap is None else _check_number(
+            cap, "max_grad_norm" if max_norm is None else "max_norm", low=0.0, allow_inf=True)
         self.skip_update_on_spike = bool(skip_update_on_spike)
         self.eps = _check_number(eps, "eps", low=0.0)
+        self.min_std = _check_number(min_std, "min_std", low=0.0)
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        """The fixed cap (the official name; ``max_norm`` is the same value)."""
+        return self.max_norm
 
     def _config(self) -> dict:
         return {"alpha": self.alpha, "z_thresh": self.z_thresh, "warmup_steps": self.warmup_steps,
                 "clip_option": self.clip_option, "clip_factor": self.clip_factor, "max_norm": self.max_norm,
-                "skip_update_on_spike": self.skip_update_on_spike, "eps": self.eps}
+                "skip_update_on_spike": self.skip_update_on_spike, "eps": self.eps, "min_std": self.min_std}
+
+    def _upgrade_config(self, saved: dict) -> dict:
+        return {"min_std": 0.0, **saved}  # saved before the floor existed: the official rule
 
     _POLICY = POLICY_ZCLIP
     _SLOTS = {"count": POLICY_WORD_COUNT, "mean": POLICY_WORD_STAT0, "var": POLICY_WORD_STAT1}
@@ -733,7 +854,8 @@ class ZClipper(Clipper):
         return {"warmup_steps": self.warmup_steps, "alpha": self.alpha, "one_minus_alpha": 1.0 - self.alpha,
                 "z_thresh": self.z_thresh, "clip_factor": self.clip_factor,
                 "max_norm": math.inf if self.max_norm is None else self.max_norm, "eps": self.eps,
-                "clip_to_mean": self.clip_option == "mean", "skip_update_on_spike": self.skip_update_on_spike}
+                "clip_to_mean": self.clip_option == "mean", "skip_update_on_spike": self.skip_update_on_spike,
+                "min_std": self.min_std}
 
     def _new_state(self, device):
         # during warm-up `mean` is the running mean and `var` the sum of squared deviations
@@ -764,7 +886,8 @@ class ZClipper(Clipper):
 
     @property
     def std(self) -> torch.Tensor | None:
-        """EMA standard deviation of the norm (0-d float64 device tensor; meaningless during warm-up)."""
+        """EMA standard deviation of the norm (0-d float64 device tensor, before the ``min_std``
+        floor; meaningless during warm-up)."""
         return None if self._state is None else _sqrt_rn(self._state["var"])
 
     def _threshold(self, state, norm, finite):
@@ -779,6 +902,7 @@ class ZClipper(Clipper):
         # z-score phase, on the statistics of the previous steps
         active = torch.logical_not(warming) & finite
         std = _sqrt_rn(var)
+        std = torch.where(std < self.min_std, self.min_std, std)  # the floor (0: none), as the kernel
         z = (norm - mean) / (std + self.eps)
         spike = active & (z > self.z_thresh)
         if self.clip_option == "adaptive_scaling":

@@ -28,7 +28,9 @@ gradients' dtypes, and every rank derives the norm and the coefficient from the 
 value, so all ranks scale identically.
 
 These functions are reached through :func:`fastclip.clip_` and :func:`fastclip.total_norm` with
-``group=`` or DTensor gradients.
+``group=`` or DTensor gradients, and through the stateful clippers of ``fastclip.adaptive`` (their
+``group=``; :func:`single_reduction` and :func:`partials_reducer` give them the same two launches
+with the collective in between).
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ import torch
 from . import _engine, _inputs
 from ._dispatch import empty_work, route
 
-__all__ = ["clip_sharded_", "total_norm_sharded", "clip_with_norm_sharded_"]
+__all__ = ["clip_sharded_", "total_norm_sharded", "clip_with_norm_sharded_", "single_reduction", "partials_reducer",
+           "device_of"]
 
 _LOCAL = operator.attrgetter("_local_tensor")  # DTensor.to_local() without its autograd function
 
@@ -124,7 +127,7 @@ def _unpartial(dts: list, mesh, placements) -> list:
     return [d.redistribute(mesh, target)._local_tensor for d in dts]
 
 
-def _device_of(group) -> torch.device:
+def device_of(group) -> torch.device:
     """Where a collective over ``group`` needs its tensor (NCCL: the current CUDA device)."""
     import torch.distributed as dist
 
@@ -178,7 +181,7 @@ def _global_norm(jobs: list, p: float, device) -> torch.Tensor:
 def _norm(tensors: list, p: float, error_if_nonfinite: bool, group):
     """(global norm, local tensors to scale, their route or None)."""
     jobs, scale = _split(tensors, group)
-    device = scale[0].device if scale else _device_of(group)
+    device = scale[0].device if scale else device_of(group)
     norm = _global_norm(jobs, p, device)
     # the usual case (FSDP2: one mesh, one placement) scales the very list it took the norm of
     works = next((j.works for j in jobs if j.norm_tensors is scale), None)
@@ -270,6 +273,39 @@ def clip_sharded_(grads: list, max_norm, p: float, error_if_nonfinite: bool = Fa
     return norm
 
 
+def single_reduction(grads: list, group):
+    """(local tensors, process group) when ``grads`` are one set of shards whose power sums are
+    all-reduced over one group (FSDP2's DTensors, or plain shards with ``group=``); else None
+    (several meshes or placements, replicated only): then the general path of :func:`_norm` serves.
+
+    Every rank must take the same path (they meet in the collective): this decides from what all
+    ranks share (the placements, the group), never from whether this rank holds gradients.
+    """
+    jobs, scale = _split(grads, group)
+    if len(jobs) != 1 or jobs[0].norm_tensors is not scale or len(jobs[0].groups) != 1:
+        return None
+    return scale, jobs[0].groups[0]
+
+
+def partials_reducer(group):
+    """The ``reduce_partials`` hook of the backends' ``clip``/``clip_with_policy``: sums the
+    float64 partials of every rank over ``group``, between the norm pass and the scale pass.
+
+    The summed vector has the same size on every rank (``size``, the largest grid; ranks may run
+    different grids, and zeros add nothing), so all ranks reduce bitwise the same values.
+    """
+
+    def all_reduce_partials(partials, n, size):
+        import torch.distributed as dist
+
+        summed = torch.zeros(size, dtype=partials.dtype, device=partials.device)
+        summed[:n].copy_(partials[:n])
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=group)
+        return summed, size
+
+    return all_reduce_partials
+
+
 def _clip_between_launches(grads: list, max_norm, p: float, group):
     """The common case, as the design has it: one set of shards reduced over one group (FSDP2,
     or plain shards with ``group=``). The backend's power sums are all-reduced between its two
@@ -278,12 +314,10 @@ def _clip_between_launches(grads: list, max_norm, p: float, group):
     deterministic (fixed-size, fixed-order sums). None when another path is needed (several
     meshes or placements, Partial).
     """
-    # Every rank must take the same path (they meet in the collective): decide from what all
-    # ranks share (the call's arguments, the placements, the group's device and backend), never
-    # from whether this rank happens to hold gradients.
-    jobs, scale = _split(grads, group)
-    if len(jobs) != 1 or jobs[0].norm_tensors is not scale or len(jobs[0].groups) != 1:
+    shards = single_reduction(grads, group)
+    if shards is None:
         return None
+    scale, reduce_group = shards
     if scale:
         works = route(scale)
         if len(works) != 1:
@@ -292,20 +326,9 @@ def _clip_between_launches(grads: list, max_norm, p: float, group):
     else:
         # no gradients here: an empty work still runs both passes, so this rank joins the
         # collective and reduces the partials exactly as the others do (bitwise the same norm)
-        work, dtype = empty_work(_device_of(jobs[0].groups[0])), torch.float32
-    reduce_group = jobs[0].groups[0]
-
-    def all_reduce_partials(partials, n, size):
-        import torch.distributed as dist
-
-        # a fixed size on every rank (ranks may run different grid sizes); zeros add nothing
-        summed = torch.zeros(size, dtype=partials.dtype, device=partials.device)
-        summed[:n].copy_(partials[:n])
-        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=reduce_group)
-        return summed, size
-
+        work, dtype = empty_work(device_of(reduce_group)), torch.float32
     _, kind = _inputs.parse_norm_type(p)
-    return work.backend.clip(work, scale, max_norm, p, kind, dtype, reduce_partials=all_reduce_partials)
+    return work.backend.clip(work, scale, max_norm, p, kind, dtype, reduce_partials=partials_reducer(reduce_group))
 
 
 def clip_with_norm_sharded_(grads: list, max_norm, total_norm) -> None:

@@ -49,7 +49,7 @@ POLICY_SETTINGS = {
     POLICY_FIXED: (),
     POLICY_MEAN: ("warmup_steps:i", "factor", "warmup_max_norm", "running:i"),
     POLICY_ZCLIP: ("warmup_steps:i", "alpha", "one_minus_alpha", "z_thresh", "clip_factor", "max_norm", "eps",
-                   "clip_to_mean:i", "skip_update_on_spike:i"),
+                   "clip_to_mean:i", "skip_update_on_spike:i", "min_std"),
     POLICY_PERCENTILE: ("window:i", "quantile"),
 }
 assert all(len(words) <= POLICY_SETTINGS_WORDS for words in POLICY_SETTINGS.values()), "settings overlap the arrays"

@@ -27,7 +27,8 @@ Policies (``P`` = the norm of this step, in float64; settings words in ``POLICY_
 * mean: ``c = warmup_max_norm`` while ``count < warmup_steps``, then ``factor * sum / n`` with
   ``n = count`` (``running``) or ``min(count, warmup_steps)``; ``sum += min(P, c)`` while counted.
 * zclip: warm-up by Welford's running mean and sum of squared deviations (in step order, a fixed
-  order both paths share); then z-score spikes on the EMA mean and variance (ZClip's rule).
+  order both paths share); then z-score spikes on the EMA mean and variance (ZClip's rule), with
+  the standard deviation raised to ``min_std`` where it is smaller.
 * percentile over a window of ``L <= POLICY_MAX_WINDOW`` norms: the buffer holds the ring of the
   last ``L`` norms and two sorted copies of it (read copy ``count % 2``, the last program writes
   the other).  A program counts the ranks at which the oldest norm leaves and ``P`` enters the
@@ -78,6 +79,7 @@ Z_MAX_NORM = _setting(POLICY_ZCLIP, "max_norm")
 Z_EPS = _setting(POLICY_ZCLIP, "eps")
 Z_CLIP_TO_MEAN = _setting(POLICY_ZCLIP, "clip_to_mean")
 Z_SKIP_UPDATE = _setting(POLICY_ZCLIP, "skip_update_on_spike")
+Z_MIN_STD = _setting(POLICY_ZCLIP, "min_std")
 P_WINDOW = _setting(POLICY_PERCENTILE, "window")
 P_QUANTILE = _setting(POLICY_PERCENTILE, "quantile")
 
@@ -133,6 +135,8 @@ def _zclip_threshold(words, floats, count, x, finite):
     # z-score phase, on the statistics of the previous steps
     active = (~warming) & finite
     std = tl.sqrt(var)  # float64: sqrt.rn.f64, IEEE-rounded like torch.sqrt
+    min_std = tl.load(floats + Z_MIN_STD)
+    std = tl.where(std < min_std, min_std, std)  # the floor (0: none); a NaN std stays NaN
     z = (x - mean) / (std + tl.load(floats + Z_EPS))
     spike = active & (z > z_thresh)
     adaptive = (mean + (z_thresh * std) / (z / z_thresh)) * tl.load(floats + Z_CLIP_FACTOR)

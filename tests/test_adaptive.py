@@ -92,8 +92,9 @@ def ref_autoclip(norms, percentile, window=None):
 
 
 def ref_zclip(norms, alpha=0.97, z_thresh=2.5, warmup=25, clip_option="adaptive_scaling", clip_factor=1.0,
-              max_grad_norm=None, skip_update_on_spike=False, eps=1e-6):
-    """ZClip, zscore mode (bluorion-com/ZClip zclip.py): thresholds, with inf = not clipped."""
+              max_grad_norm=None, skip_update_on_spike=False, eps=1e-6, min_std=0.0):
+    """ZClip, zscore mode (bluorion-com/ZClip zclip/zclip.py at 584ce4f): thresholds, with inf =
+    not clipped; ``min_std`` (not in ZClip, 0 = its rule) floors the standard deviation."""
     buffer, mean, var, thresholds = [], None, None, []
     for g in norms:
         if mean is None:  # warm-up
@@ -103,7 +104,7 @@ def ref_zclip(norms, alpha=0.97, z_thresh=2.5, warmup=25, clip_option="adaptive_
                 var = sum((b - mean) ** 2 for b in buffer) / len(buffer)
             thresholds.append(math.inf if max_grad_norm is None else max_grad_norm)
             continue
-        std = var ** 0.5
+        std = max(var ** 0.5, min_std)
         z = (g - mean) / (std + eps)
         clip_val = None
         if z > z_thresh:
@@ -250,6 +251,102 @@ def test_zclipper_defaults_are_the_published_ones():
     clipper = ZClipper()
     published = (0.97, 2.5, 25, "adaptive_scaling")
     assert (clipper.alpha, clipper.z_thresh, clipper.warmup_steps, clipper.clip_option) == published
+
+
+# ------------------------------------------------------------------------------------------------
+# ZClip: the official class's interface, warm-up, sigma = 0
+
+def test_zclipper_takes_the_official_keywords():
+    official = ZClipper(alpha=0.9, z_thresh=2.0, max_grad_norm=5.0, eps=1e-6, warmup_steps=10, mode="zscore",
+                        clip_option="adaptive_scaling", clip_factor=0.8, skip_update_on_spike=True)
+    assert official.max_grad_norm == official.max_norm == 5.0
+    ours = ZClipper(0.9, 2.0, max_norm=5.0, warmup_steps=10, clip_factor=0.8, skip_update_on_spike=True)
+    np.testing.assert_array_equal(column(feed(official, recorded_norms()), "threshold"),
+                                  column(feed(ours, recorded_norms()), "threshold"))
+
+
+def test_zclipper_rejects_a_third_positional_argument():
+    """The official ZClip(0.97, 2.5, 5) means max_grad_norm=5: a positional mix-up must not pass silently."""
+    with pytest.raises(TypeError, match="positional"):
+        ZClipper(0.97, 2.5, 5)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(mode="percentile"), NotImplementedError, "percentile"),
+    (dict(mode="PERCENTILE"), NotImplementedError, "percentile"),
+    (dict(mode="median"), ValueError, "mode"),
+    (dict(mode=1), TypeError, "mode"),
+    (dict(max_grad_norm=1.0, max_norm=1.0), TypeError, "not both"),
+    (dict(max_grad_norm=-1.0), ValueError, "max_grad_norm"),
+    (dict(min_std=-1.0), ValueError, "min_std"),
+])
+def test_zclipper_says_which_official_option_it_does_not_take(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ZClipper(**kwargs)
+
+
+def test_zclipper_mode_is_case_insensitive_as_the_official_class():
+    assert ZClipper(mode="ZScore")._config() == ZClipper()._config()
+
+
+@pytest.mark.parametrize("make", [lambda: ZClipper(warmup_steps=3), lambda: MeanClipper(2), lambda: FixedClipper(1.0)])
+def test_step_takes_a_module_or_its_parameters_like_the_official_class(make):
+    model, twin = torch.nn.Linear(3, 2).double(), torch.nn.Linear(3, 2).double()
+    by_module, by_params = make(), make()
+    for x in recorded_norms(8):
+        for m in (model, twin):
+            for q in m.parameters():
+                q.grad = torch.full_like(q, x)
+        a, b = by_module.step(model), by_params.step(list(twin.parameters()))
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    for q, r in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(q.grad, r.grad)
+
+
+def test_zclipper_clips_nothing_during_its_25_warmup_steps_by_default():
+    norms = recorded_norms(40) * 1e3  # large norms from the first step: still not clipped
+    results = feed(ZClipper(), norms)
+    assert not column(results, "clipped")[:25].any()
+    assert np.isinf(column(results, "threshold")[:25]).all()
+
+
+def test_zclipper_caps_warmup_norms_at_max_grad_norm():
+    results = feed(ZClipper(max_grad_norm=1.0), recorded_norms(25) * 1e3)
+    np.testing.assert_array_equal(column(results, "threshold"), 1.0)
+    assert column(results, "clipped").all()
+
+
+@pytest.mark.parametrize("warmup_norm", [0.0, 2.0])
+def test_zclipper_with_constant_warmup_norms_clips_every_larger_norm_to_the_mean(warmup_norm):
+    """sigma = 0 (the official rule too): z = (g - mean) / eps, so any norm above the mean is a spike
+    and the adaptive threshold is the mean itself."""
+    norms = [warmup_norm] * 5 + [warmup_norm + 1e-3, warmup_norm + 1.0, warmup_norm]
+    results = feed(ZClipper(warmup_steps=5), norms)
+    expected = ref_zclip(column(results, "norm"), warmup=5)
+    assert_policy_matches(results, expected)
+    np.testing.assert_array_equal(column(results, "threshold")[5:7], warmup_norm)
+    np.testing.assert_array_equal(column(results, "clipped")[5:], [True, True, False])
+
+
+def test_min_std_floors_sigma_so_small_changes_are_not_spikes():
+    norms = [2.0] * 5 + [2.001, 2.1, 3.0, 2.0, 50.0]
+    results = feed(ZClipper(warmup_steps=5, min_std=0.1), norms)
+    expected = ref_zclip(column(results, "norm"), warmup=5, min_std=0.1)
+    assert_policy_matches(results, expected)
+    # a spike only above mean + z_thresh * (min_std + eps), about 2.25 here
+    np.testing.assert_array_equal(column(results, "clipped")[5:], [False, False, True, False, True])
+
+
+def test_a_state_saved_before_min_std_loads_strictly_as_the_official_rule():
+    clipper = ZClipper(warmup_steps=3)
+    feed(clipper, recorded_norms(5))
+    saved = clipper.state_dict()
+    del saved["config"]["min_std"]
+    resumed = ZClipper(warmup_steps=3)
+    resumed.load_state_dict(saved)
+    assert torch.equal(resumed.mean, clipper.mean)
+    with pytest.raises(ValueError, match="min_std"):
+        ZClipper(warmup_steps=3, min_std=0.5).load_state_dict(saved)
 
 
 def test_float32_gradients_get_float32_thresholds_close_to_the_rule():

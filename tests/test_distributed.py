@@ -406,6 +406,127 @@ def patched_torch_returns_a_dtensor_norm_like_torch(rank, world):
 
 
 # ----------------------------------------------------------------------------------------------
+# stateful clippers: shards over a group (or DTensors) keep the state of the unsharded model
+
+#: every policy (class name, arguments); the unbounded percentile is the torch-op path on both backends
+CLIPPERS = {
+    "fixed": ("FixedClipper", dict(max_norm=2.0)),
+    "mean": ("MeanClipper", dict(warmup_steps=2, factor=1.2, running=True)),
+    "zclip": ("ZClipper", dict(warmup_steps=3, z_thresh=1.5, min_std=0.1)),
+    "percentile": ("PercentileClipper", dict(percentile=50.0, window=4)),
+    "percentile-unbounded": ("PercentileClipper", dict(percentile=50.0, capacity=2)),
+}
+#: gradient scale of each step: warm-up, spikes, a NaN step (never recorded), the threshold's tail
+STEP_SCALES = [1.0, 1.3, 0.8, 1.1, 9.0, math.nan, 1.0, 0.9, 40.0]
+
+
+def _step_fulls(step: int, scale: float):
+    torch.manual_seed(500 + step)  # the same full gradient on every rank
+    fulls = _full_grads(scale=1.0)
+    if math.isnan(scale):
+        fulls[1][2] = math.nan
+    else:
+        fulls = [f * scale for f in fulls]
+    return fulls
+
+
+def _same_bits_on_every_rank(values: list) -> None:
+    """Every rank holds bitwise the same values (as float64: NaN == NaN, -0.0 != 0.0)."""
+    mine = torch.cat([v.detach().double().reshape(-1).cpu() for v in values]).view(torch.int64)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    assert all(torch.equal(other, mine) for other in gathered), f"ranks disagree: {gathered}"
+
+
+def _clipper_runs(rank, make_params, local_grads, *, group=None, empty_rank=None, policies=tuple(CLIPPERS)):
+    """Each policy over STEP_SCALES, sharded on every rank and unsharded in this process.
+
+    ``make_params(fulls)`` gives this rank's parameters, ``local_grads(params, fulls)`` the pairs
+    (this rank's clipped gradient, the same piece of the unsharded clipped gradient).  Asserts that
+    every rank's results and state are bitwise the same and equal (to the fp32 rounding of the
+    norm) to the unsharded run's, and that the Triton backend ran the fused kernel path (two
+    launches, the partials all-reduced between them) for the policies that have one.
+    """
+    import fastclip
+    import fastclip._triton_backend
+
+    real = fastclip._triton_backend.clip_with_policy
+    for name in policies:
+        cls, kwargs = CLIPPERS[name]
+        sharded, whole = getattr(fastclip, cls)(**kwargs, group=group), getattr(fastclip, cls)(**kwargs)
+        fused_steps = []
+
+        def counting(*args, **kwargs):
+            fused_steps.append(kwargs.get("reduce_partials") is not None)
+            return real(*args, **kwargs)
+
+        fastclip._triton_backend.clip_with_policy = counting
+        try:
+            for step, scale in enumerate(STEP_SCALES):
+                fulls = _step_fulls(step, scale)
+                params = make_params(fulls) if rank != empty_rank else []
+                ours = sharded(params)
+                reference = _params([f.clone() for f in fulls])
+                theirs = whole(reference)
+                ours_state, their_state = sharded.state_dict()["state"], whole.state_dict()["state"]
+                _same_bits_on_every_rank(list(ours) + list(ours_state.values()))
+                for field, a, b in zip(ours._fields, ours, theirs):
+                    if field in ("clipped", "found_inf"):
+                        assert torch.equal(a.cpu(), b.cpu()), (name, step, field, a, b)
+                    else:
+                        _close(a, b, rtol=1e-6, atol=0)
+                assert ours_state.keys() == their_state.keys()
+                for k, t in their_state.items():
+                    _close(ours_state[k], t, rtol=1e-6, atol=0)
+                for got, want in local_grads(params, [q.grad for q in reference]):
+                    _close(got, want, rtol=1e-6, atol=1e-7)
+        finally:
+            fastclip._triton_backend.clip_with_policy = real
+        fused = os.environ["FASTCLIP_BACKEND"] == "triton" and name != "percentile-unbounded"
+        # every step of both clippers on the fused path, the sharded one with the collective
+        expected = (len(STEP_SCALES), len(STEP_SCALES)) if fused else (0, 0)
+        assert (fused_steps.count(True), fused_steps.count(False)) == expected, (name, fused_steps)
+
+
+@check(2)
+def group_clippers_keep_the_unsharded_state_on_every_rank(rank, world):
+    def shards(fulls):
+        return _params([_flat_shard(f, rank, world) for f in fulls])
+
+    def local_grads(params, clipped_fulls):
+        return [(q.grad, _flat_shard(f, rank, world)) for q, f in zip(params, clipped_fulls)]
+
+    _clipper_runs(rank, shards, local_grads, group=dist.group.WORLD)
+
+
+@check(2)
+def group_clipper_rank_without_grads_keeps_the_same_state(rank, world):
+    def shards(fulls):
+        return _params([f.reshape(-1).clone() for f in fulls])  # rank 0 holds everything
+
+    def local_grads(params, clipped_fulls):
+        return [(q.grad, f.reshape(-1)) for q, f in zip(params, clipped_fulls)]
+
+    _clipper_runs(rank, shards, local_grads, group=dist.group.WORLD, empty_rank=1, policies=("zclip", "percentile"))
+
+
+@check(2)
+def dtensor_clippers_keep_the_unsharded_state_without_a_group(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard
+
+    mesh = init_device_mesh("cpu", (world,))
+
+    def dtensors(fulls):
+        return _dtensor_params(fulls, mesh, [[Shard(0)]] * len(fulls))
+
+    def local_grads(params, clipped_fulls):
+        return [(q.grad.full_tensor(), f) for q, f in zip(params, clipped_fulls)]
+
+    _clipper_runs(rank, dtensors, local_grads)
+
+
+# ----------------------------------------------------------------------------------------------
 # the tests: one per check
 
 def test_group_shards_clip_like_unsharded_on_2_ranks(two_ranks):
@@ -458,6 +579,18 @@ def test_fsdp2_fully_shard_model(two_ranks):
 
 def test_patched_torch_returns_a_dtensor_norm_like_torch(two_ranks):
     _passed(two_ranks, "patched_torch_returns_a_dtensor_norm_like_torch")
+
+
+def test_group_clippers_keep_the_unsharded_state_on_every_rank(two_ranks):
+    _passed(two_ranks, "group_clippers_keep_the_unsharded_state_on_every_rank")
+
+
+def test_group_clipper_rank_without_grads_keeps_the_same_state(two_ranks):
+    _passed(two_ranks, "group_clipper_rank_without_grads_keeps_the_same_state")
+
+
+def test_dtensor_clippers_keep_the_unsharded_state_without_a_group(two_ranks):
+    _passed(two_ranks, "dtensor_clippers_keep_the_unsharded_state_without_a_group")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,12 +17,14 @@ from __future__ import annotations
 import functools
 import io
 import math
+import types
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastclip
+import fastclip._dispatch
 import fastclip._triton_backend
 from fastclip._backend import triton_can_run_on
 from fastclip._dispatch import route
@@ -62,6 +64,8 @@ POLICIES = {
     "zclip-skip-update": lambda **kw: ZClipper(warmup_steps=3, z_thresh=1.5, skip_update_on_spike=True, **kw),
     "zclip-skip": lambda **kw: ZClipper(warmup_steps=3, max_norm=1.0, nonfinite="skip", **kw),
     "zclip-eps0": lambda **kw: ZClipper(warmup_steps=3, eps=0.0, **kw),
+    "zclip-min-std": lambda **kw: ZClipper(warmup_steps=3, min_std=0.5, max_grad_norm=20.0, **kw),
+    "zclip-min-std-mean": lambda **kw: ZClipper(warmup_steps=4, min_std=0.2, clip_option="mean", eps=0.0, **kw),
     "percentile-1": lambda **kw: PercentileClipper(10.0, window=1, **kw),
     "percentile-4": lambda **kw: PercentileClipper(37.5, window=4, **kw),
     "percentile-7-max": lambda **kw: PercentileClipper(100.0, window=7, **kw),
@@ -157,6 +161,7 @@ MATRIX = [("fixed", "fp32"), ("fixed-inf", "bf16"), ("fixed-skip", "fp64"),
           ("mean", "fp32"), ("mean-running", "fp16+fp64"), ("mean-warmup-max", "bf16"), ("mean-skip", "fp64"),
           ("zclip", "fp32"), ("zclip-1", "fp64"), ("zclip-mean", "bf16"), ("zclip-cap", "fp16+fp64"),
           ("zclip-skip-update", "fp32"), ("zclip-skip", "fp64"), ("zclip-eps0", "fp32"),
+          ("zclip-min-std", "bf16"), ("zclip-min-std-mean", "fp64"),
           ("percentile-1", "fp32"), ("percentile-4", "fp64"), ("percentile-7-max", "bf16"),
           ("percentile-7-min", "fp16+fp64"), ("percentile-skip", "fp32")]
 
@@ -183,7 +188,7 @@ def test_hundreds_of_concurrent_programs_are_bitwise_the_reference(policy, devic
 
 
 @pytest.mark.parametrize("norms", [CONSTANT, ZEROS], ids=["constant", "zeros"])
-@pytest.mark.parametrize("policy", ["mean", "zclip-eps0", "percentile-4"])
+@pytest.mark.parametrize("policy", ["mean", "zclip-eps0", "zclip-min-std", "percentile-4"])
 def test_constant_and_zero_norms_are_bitwise_the_reference(policy, norms):
     make = POLICIES[policy]
     assert_same_steps(run(make(), norms), run(reference(make), norms))
@@ -346,6 +351,21 @@ def test_per_tensor_norms_come_from_the_same_norm_launch():
         result, norms = clipper(params, per_tensor=True)
         assert torch.equal(bits(result.norm), bits(expected[0]))
         assert torch.equal(bits(norms), bits(expected[1]))
+
+
+@pytest.mark.parametrize("step", ["clipper", "clip_"])
+def test_a_step_routes_with_the_key_of_the_native_helper_as_clip_does(step, monkeypatch):
+    """The gradients and their route key come from one pass of the native helper (fastclip.native):
+    a steady-state step never reads every tensor's address and size again in Python (signature())."""
+    key = b"\x01" * 24 * 2
+    helper = types.SimpleNamespace(collect=lambda items, of_params, known: ([p.grad for p in items], key))
+    monkeypatch.setattr(fastclip._dispatch, "_native", lambda: helper)
+    signatures = spy_calls(monkeypatch, fastclip._dispatch, ("signature",))
+    clipper, params = ZClipper(warmup_steps=2), make_model()
+    for i, x in enumerate(SHORT[:4]):
+        set_grads(params, i, x)
+        clipper(params) if step == "clipper" else fastclip.clip_(params, 1.0)
+    assert signatures == ["signature"]  # once, when the route was built
 
 
 class _ComputeOps(TorchDispatchMode):

@@ -68,7 +68,8 @@ def regression_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 class TinyRegressor(torch.nn.Module):
     """Linear-Tanh-Linear; ``forward(x, labels)`` returns ``{'loss', 'logits'}`` as HF models do,
-    and the loss of every training forward is kept in ``self.losses``."""
+    and the loss and the batch of every training forward are kept in ``self.losses`` and
+    ``self.batches``."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -76,12 +77,14 @@ class TinyRegressor(torch.nn.Module):
             torch.manual_seed(seed)
             self.net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
         self.losses: list[float] = []
+        self.batches: list[tuple] = []
 
     def forward(self, x, labels=None):
         out = self.net(x)
         loss = None if labels is None else torch.nn.functional.mse_loss(out.float(), labels.float())
         if loss is not None and self.training:
             self.losses.append(loss.item())
+            self.batches.append((x.detach().clone(), labels.detach().clone()))
         return {"loss": loss, "logits": out}
 
 
@@ -106,6 +109,7 @@ class TrainingRun:
     losses: list  # the training loss of every step
     clip_results: list  # what each torch.nn.utils clipping call returned (None for clip_grad_value_)
     params: dict  # name -> final parameter
+    batches: list = dataclasses.field(default_factory=list)  # (x, labels) of every training step
 
 
 @contextlib.contextmanager
@@ -139,21 +143,22 @@ def _final_params(model) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the trainers
 
-def hf_trainer_run(output_dir, *, max_grad_norm=0.5, steps=4, callbacks=(), seed=0, **training_args) -> TrainingRun:
+def hf_trainer_run(output_dir, *, max_grad_norm=0.5, steps=4, callbacks=(), seed=0, logging_steps=1,
+                   **training_args) -> TrainingRun:
     """transformers' Trainer, SGD at a constant rate, one process on the CPU, nothing saved or reported."""
     transformers = require("transformers")
     require("accelerate")
     model = TinyRegressor(seed)
     args = transformers.TrainingArguments(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=LR,
-        optim="sgd", lr_scheduler_type="constant", max_grad_norm=max_grad_norm, logging_steps=1,
+        optim="sgd", lr_scheduler_type="constant", max_grad_norm=max_grad_norm, logging_steps=logging_steps,
         report_to="none", save_strategy="no", use_cpu=True, seed=seed, data_seed=seed,
         dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True, **training_args)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=RegressionDataset(seed),
                                    callbacks=list(callbacks))
     with recording_clip_calls() as results:
         trainer.train()
-    return TrainingRun(model.losses, results, _final_params(model))
+    return TrainingRun(model.losses, results, _final_params(model), model.batches)
 
 
 def lightning():
@@ -165,8 +170,9 @@ def lightning():
 
 
 def lightning_run(root_dir, *, gradient_clip_val=0.5, gradient_clip_algorithm="norm", steps=4, callbacks=(),
-                  precision="32-true", seed=0, **trainer_args) -> TrainingRun:
-    """Lightning's Trainer, SGD, one CPU process, no logger, checkpoint or progress bar."""
+                  precision="32-true", seed=0, logger=False, **trainer_args) -> TrainingRun:
+    """Lightning's Trainer, SGD, one CPU process, no checkpoint or progress bar (and no logger
+    unless ``logger`` is given)."""
     pl = lightning()
 
     class TinyModule(pl.LightningModule):
@@ -186,12 +192,12 @@ def lightning_run(root_dir, *, gradient_clip_val=0.5, gradient_clip_algorithm="n
     module = TinyModule()
     trainer = pl.Trainer(
         max_steps=steps, accelerator="cpu", devices=1, precision=precision, gradient_clip_val=gradient_clip_val,
-        gradient_clip_algorithm=gradient_clip_algorithm, logger=False, enable_checkpointing=False,
+        gradient_clip_algorithm=gradient_clip_algorithm, logger=logger, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(root_dir), callbacks=list(callbacks), **trainer_args)
     with recording_clip_calls() as results:
         trainer.fit(module, loader)
-    return TrainingRun(module.model.losses, results, _final_params(module.model))
+    return TrainingRun(module.model.losses, results, _final_params(module.model), module.model.batches)
 
 
 # ---------------------------------------------------------------------------------------------
