@@ -17,8 +17,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # the top-level kernels/ folder is installed as fastclip.kernels, never as a package `kernels`
-    packages=["fastclip", "fastclip.kernels"],
+    packages=["fastclip", "fastclip.integrations", "fastclip.kernels"],
     package_dir={"fastclip": "fastclip", "fastclip.kernels": "kernels"},
+    # the optional native helper is compiled from source on the user's machine (python -m fastclip.native)
+    package_data={"fastclip": ["csrc/*.cpp"]},
     # torch is not a requirement here: an unpinned torch may pull a multi-GB CUDA build; install
     # the torch you train with first (see README).  triton is optional: without it fastclip falls
     # back to plain PyTorch.
