@@ -17,6 +17,8 @@ holds it: that is how the numbers are split by path.  Per kernel, constexpr vari
 ``ld``         every global load of the kernel by width in bits: ``128x64,32x8`` = 64 LDG.E.128
                and 8 LDG.E
 ``full_ld``    loads on the full-chunk path (``full_st``: stores), same notation
+``layout``     bytes each thread loads contiguously per full-chunk block, x how many times (from
+               the Triton GPU IR): ``16Bx1`` is one 128-bit load per thread per block
 ``in_flight``  full-path loads issued before the first of them is read, per basic block (one loop
                body per dtype), ``min-max`` over the blocks: 16-byte loads in flight per thread,
                x 16 B x 256 threads = bytes in flight per program
@@ -109,11 +111,11 @@ def variants():
            {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "clip_value_bits": "i64"}, dict(tile))
 
 
-#: One variant per kernel compiled a dtype at a time, and the dtypes it can meet at run time.
+#: Variants also compiled a dtype at a time, and the dtypes each can meet at run time.  The scale
+#: kernel's rewrite loop is the clamp kernel's (``_rewrite_all``) with a multiply for the clamp.
 PER_DTYPE = {
     "norm kind=0 acc_fp64=False chunk_partials=False": (0, 1, 2),
     "norm kind=0 acc_fp64=True chunk_partials=False": (3,),  # fp64 grads always come with fp64 lanes
-    "scale kind=0 fp64=False finish=True apply=True max_norm_ptr=False unscale=False": (0, 1, 2, 3),
     "clamp": (0, 1, 2, 3),
 }
 
@@ -181,22 +183,35 @@ def _load_regs(opcode: str, first: str) -> set:
 
 
 def ptx_sources(ptx: str) -> dict:
-    """PTX line number -> (file name, source line), from the ``.loc`` directives.
+    """PTX line number -> (file name, source line) in the kernels package, from ``.loc`` directives.
 
     Inside an inline-asm block (Triton's loads and stores) the ``.loc`` in force when the block
-    opens is kept: some Triton versions emit one ``.loc`` per asm line with the line number
-    counting up, which would attribute a load to a line past its function.
+    opens is kept: triton 3.9 emits one ``.loc`` per asm line with the line number counting up,
+    which would put a load past the end of its function.  Code inlined from Triton's own library
+    (``tl.sum`` is a @jit function of triton/language/standard.py) is attributed to the line of
+    ours it was inlined into: through the ``inlined_at`` chain (3.9), or the inlining stack that
+    3.6 writes in the directive's comment.
     """
     files = dict(re.findall(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', ptx, re.M))
-    where, loc, in_asm = {}, None, False
+    ours = {fname for fname, _ in source_map()}
+    parent, where, loc, in_asm = {}, {}, None, False
     for number, line in enumerate(ptx.splitlines(), start=1):
         if "begin inline asm" in line:
             in_asm = True
         elif "end inline asm" in line:
             in_asm = False
-        m = re.match(r"\s*\.loc\s+(\d+)\s+(\d+)", line)
+        m = re.match(r"\s*\.loc\s+(\d+)\s+(\d+)\s+(\d+)(?:.*inlined_at\s+(\d+)\s+(\d+)\s+(\d+))?", line)
         if m and not in_asm:
-            loc = (os.path.basename(files.get(m.group(1), "?")), int(m.group(2)))
+            here = (m.group(1), int(m.group(2)), int(m.group(3)))
+            if m.group(4):
+                parent[here] = (m.group(4), int(m.group(5)), int(m.group(6)))
+            hops = 0
+            while os.path.basename(files.get(here[0], "?")) not in ours and here in parent and hops < 64:
+                here, hops = parent[here], hops + 1
+            loc = (os.path.basename(files.get(here[0], "?")), here[1])
+            if loc[0] not in ours:  # triton 3.6 writes the inlining stack in a comment instead
+                stack = re.findall(r"(\w+\.py):(\d+):\d+", line.partition("//")[2])
+                loc = next(((f, int(n)) for f, n in stack if f in ours), loc)
         where[number] = loc
     return where
 
@@ -276,6 +291,35 @@ def rows_prefetched(instrs) -> int:
     return count
 
 
+_ELEM_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}
+
+
+def full_path_layouts(ttgir: str) -> list:
+    """How the full-chunk path's loads are laid out over threads (from the Triton GPU IR):
+    '16Bx1' = each thread loads 16 contiguous bytes, once per block."""
+    locs = dict(re.findall(r"^(#loc\d*) = loc\((.*)\)\s*$", ttgir, re.M))
+    where = source_map()
+
+    def resolve(name, depth=0):
+        body = locs.get(name, "")
+        m = re.match(r'"([^"]+)":(\d+):\d+', body)
+        if m:
+            return os.path.basename(m.group(1)), int(m.group(2))
+        inner = re.search(r"(#loc\d*)", body)  # callsite(#callee at #caller), "name"(#loc), fused[...]
+        return resolve(inner.group(1), depth + 1) if inner and depth < 50 else None
+
+    layouts = {name: (int(spt), int(tpw) * int(wpc)) for name, spt, tpw, wpc in re.findall(
+        r"^(#\w+) = #ttg\.blocked<\{sizePerThread = \[(\d+)\], threadsPerWarp = \[(\d+)\], "
+        r"warpsPerCTA = \[(\d+)\]", ttgir, re.M)}
+    found = set()
+    for numel, elem, layout, loc in re.findall(
+            r"tt\.load [^:]*: tensor<(\d+)x!tt\.ptr<(\w+)>, (#\w+)> loc\((#loc\d*)\)", ttgir):
+        if where.get(resolve(loc)) in FULL and layout in layouts:
+            per_thread, threads = layouts[layout]
+            found.add(f"{per_thread * _ELEM_BYTES[elem]}Bx{int(numel) // (per_thread * threads)}")
+    return sorted(found)
+
+
 def _blocks_of(instrs, funcs) -> list:
     """Every instruction of the basic blocks that hold code of ``funcs`` (a path's whole loop body,
     including the per-element math and any layout conversion the compiler put there)."""
@@ -286,7 +330,8 @@ def _blocks_of(instrs, funcs) -> list:
 def sass_numbers(instrs) -> dict:
     chunk_funcs = {f for (fname, _), f in source_map().items() if fname == "chunk_ops.py"}
     loops = [i for i in instrs if i.func in (chunk_funcs - REDUCE) | WALKS]
-    full = _blocks_of(instrs, FULL)
+    full = [i for i in _blocks_of(instrs, FULL) if i.func not in REDUCE]  # a fully unrolled loop shares
+    # its basic block with the chunk's reduction after it
     bars = lambda xs: sum(i.opcode.startswith("BAR") for i in xs)  # noqa: E731
     smem = lambda xs: sum(i.opcode.split(".")[0] in SMEM_OPS for i in xs)  # noqa: E731
     of = lambda funcs: [i for i in instrs if i.func in funcs]  # noqa: E731
@@ -325,6 +370,7 @@ def inspect(name, fn, signature, constexprs, cc, dump=None) -> dict:
         "local_bytes": int(local.group(1)) if local else None,
         "stack_bytes": int(stack.group(1)) if stack else None,
         "ptx_local": len(re.findall(r"\b(ld|st)\.local", ptx)),
+        "full_layout": full_path_layouts(compiled.asm["ttgir"]),
         **sass_numbers(parse_sass(sass, ptx)),
     }
 
@@ -345,8 +391,8 @@ def report(jobs: int = 0, dump: str | None = None) -> list:
         return list(pool.map(_inspect_one, work))
 
 
-COLUMNS = ("sm", "regs", "smem", "spill", "bar", "smem_ops", "ld", "full_ld", "full_st", "in_flight", "vec_ld",
-           "mask_ld", "row_ahead")
+COLUMNS = ("sm", "regs", "smem", "spill", "bar", "smem_ops", "ld", "full_ld", "full_st", "layout", "in_flight",
+           "vec_ld", "mask_ld", "row_ahead")
 
 
 def _cell(r: dict, column: str) -> str:
@@ -356,6 +402,8 @@ def _cell(r: dict, column: str) -> str:
         return f"{r['bar']}/{r['bar_loops']}/{r['bar_full']}"
     if column == "smem_ops":
         return f"{r['smem_ops_loops']}/{r['smem_ops_full']}"
+    if column == "layout":
+        return ",".join(r["full_layout"]) or "-"
     if column == "in_flight":
         v = r["in_flight"]
         return f"{v[0]}-{v[-1]}" if v else "-"

@@ -24,22 +24,24 @@ import triton
 import triton.language as tl
 
 from .chunk_ops import CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, f64_from_bits, nan_max_reduce, unpack_chunk
-from .launch_settings import f64_bits, persistent_grid
+from .launch_settings import ALL_DTYPES, f64_bits, persistent_grid
 
 
 @triton.jit
-def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.constexpr, CHUNK: tl.constexpr,
+                 BLOCK: tl.constexpr, DTYPES: tl.constexpr = ALL_DTYPES):
     # this program's share of the chunks, same assignment as the norm launch
     pid = tl.program_id(0)
     for chunk in tl.range(pid, n_chunks, n_programs):
         addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
-        if code == 0:
+        # (a dtype left out of DTYPES has its branch folded away at compile time)
+        if (code == 0) & ((DTYPES & 1) != 0):
             chunk_rewrite(addr.to(tl.pointer_type(tl.float32)), n, full, a32, b32, OP, CHUNK, BLOCK)
-        elif code == 1:
+        elif (code == 1) & ((DTYPES & 2) != 0):
             chunk_rewrite(addr.to(tl.pointer_type(tl.float16)), n, full, a32, b32, OP, CHUNK, BLOCK)
-        elif code == 2:
+        elif (code == 2) & ((DTYPES & 4) != 0):
             chunk_rewrite(addr.to(tl.pointer_type(tl.bfloat16)), n, full, a32, b32, OP, CHUNK, BLOCK)
-        else:
+        elif (code == 3) & ((DTYPES & 8) != 0):
             chunk_rewrite(addr.to(tl.pointer_type(tl.float64)), n, full, a64, b64, OP, CHUNK, BLOCK)
 
 
@@ -124,11 +126,12 @@ def _clamp_kernel(
     clip_value_bits,  # clamp to [-clip_value, clip_value]; float64 bits
     CHUNK: tl.constexpr,  # elements per full chunk
     BLOCK: tl.constexpr,  # elements per loop iteration
+    DTYPES: tl.constexpr = ALL_DTYPES,  # bit 1 << code set: that dtype's branch is compiled in
 ):
     """g <- clamp(g, -c, c) in place; reads and writes N bytes each."""
     hi64 = f64_from_bits(clip_value_bits)
     hi32 = hi64.to(tl.float32)
-    _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK)
+    _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK, DTYPES)
 
 
 def launch_scale(table, n_chunks, partials, n_partials, norm, max_norm, p, kind, norm_fp64, *,
