@@ -35,6 +35,7 @@ memory only in the all-dtype kernel.  The all-dtype rows describe what runs.
     python bench/inspect_kernels.py              # table
     python bench/inspect_kernels.py --json       # machine-readable (used by tests/test_ptx.py)
     python bench/inspect_kernels.py --dump DIR   # also write .ptx and .sass (with PTX line numbers)
+    python bench/inspect_kernels.py --match '^clamp'   # only some variants
 
 Must run without TRITON_INTERPRET=1 (the interpreter replaces @triton.jit functions).
 """
@@ -381,9 +382,10 @@ def _inspect_one(job):
     return inspect(name, fn, sig, cx, cc, dump)
 
 
-def report(jobs: int = 0, dump: str | None = None) -> list:
-    """Numbers of every variant for every target, compiled ``jobs`` at a time (0: one per CPU)."""
-    work = [(i, cc, dump) for i in range(len(all_variants())) for cc in TARGETS]
+def report(jobs: int = 0, dump: str | None = None, match: str = "") -> list:
+    """Numbers of every variant (whose name matches the regex ``match``) for every target, compiled
+    ``jobs`` at a time (0: one per CPU)."""
+    work = [(i, cc, dump) for i, v in enumerate(all_variants()) if re.search(match, v[0]) for cc in TARGETS]
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1:
         return [_inspect_one(w) for w in work]
@@ -430,10 +432,11 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print one JSON list")
     ap.add_argument("--dump", metavar="DIR", help="write the PTX and SASS (PTX line numbers) of every variant to DIR")
     ap.add_argument("--jobs", type=int, default=0, help="compiles in parallel (default: one per CPU)")
+    ap.add_argument("--match", default="", metavar="REGEX", help="only the variants whose name matches")
     args = ap.parse_args(argv)
     if args.dump:
         os.makedirs(args.dump, exist_ok=True)
-    rows = report(args.jobs, args.dump)
+    rows = report(args.jobs, args.dump, args.match)
     print(json.dumps(rows) if args.json else table(rows))
 
 

@@ -29,10 +29,15 @@ from .launch_settings import ALL_DTYPES, f64_bits, persistent_grid
 
 @triton.jit
 def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.constexpr, CHUNK: tl.constexpr,
-                 BLOCK: tl.constexpr, DTYPES: tl.constexpr = ALL_DTYPES):
-    # this program's share of the chunks, same assignment as the norm launch
+                 BLOCK: tl.constexpr, DTYPES: tl.constexpr = ALL_DTYPES, REVERSE: tl.constexpr = True):
+    # Chunks are dealt round-robin (the k-th to program k mod G).  REVERSE (the rescale) deals them
+    # from the end of the table: the norm launch walked forward, so what it read last is what L2
+    # still holds (50 MB on H100), and the rescale starts there.  Each element is still scaled
+    # once, by the same coefficient: bitwise the same result.  (Mirroring the table keeps every
+    # index a function of constants and the loop counter: no per-program trip count to keep live.)
     pid = tl.program_id(0)
-    for chunk in tl.range(pid, n_chunks, n_programs):
+    for k in tl.range(pid, n_chunks, n_programs):
+        chunk = n_chunks - 1 - k if REVERSE else k
         addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
         # (a dtype left out of DTYPES has its branch folded away at compile time)
         if (code == 0) & ((DTYPES & 1) != 0):
@@ -131,7 +136,8 @@ def _clamp_kernel(
     """g <- clamp(g, -c, c) in place; reads and writes N bytes each."""
     hi64 = f64_from_bits(clip_value_bits)
     hi32 = hi64.to(tl.float32)
-    _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK, DTYPES)
+    _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK, DTYPES,
+                 REVERSE=False)  # no norm launch before it (and backward writes the first grads last)
 
 
 def launch_scale(table, n_chunks, partials, n_partials, norm, max_norm, p, kind, norm_fp64, *,
