@@ -23,8 +23,9 @@ holds it: that is how the numbers are split by path.  Per kernel, constexpr vari
                body per dtype), ``min-max`` over the blocks: 16-byte loads in flight per thread,
                x 16 B x 256 threads = bytes in flight per program
 ``vec_ld``     loads of the vectorised small-tensor path; ``mask_ld`` of the masked (scalar) path
-``row_ahead``  table-row loads whose first use comes after a gradient load: the next chunk's row
-               is in flight while the current chunk streams
+``row_ahead``  table-row loads whose first use comes after a gradient load (a row carried in
+               registers while a chunk streams) / table-row loads whose values are never read
+               (prefetch_row: the next chunk's row brought into L2 while this chunk streams)
 
 Launches compile every dtype branch; one representative variant per kernel is also compiled a
 dtype at a time (its ``DTYPES`` constexpr), which gives each dtype's path its own row (``... [fp32]``).
@@ -75,7 +76,8 @@ KERNEL_MODULES = (chunk_ops, norm_kernel, scale_kernel)
 FULL = {"_power_sum_full", "_rewrite_full"}
 VEC = {"_power_sum_vec", "_rewrite_vec"}
 MASKED = {"_power_sum_masked", "_rewrite_masked"}
-ROW = {"unpack_chunk", "load_row"}
+ROW = {"unpack_chunk", "load_row"}  # the row a chunk is processed with
+PREFETCH = {"prefetch_row"}  # rows brought into L2 ahead of time, values unused
 # Allowed to synchronise: the one cross-warp reduction a norm program does per chunk.
 REDUCE = {"_lane_reduce", "nan_max_reduce"}
 WALKS = {"_rewrite_all", "_norm_partials_kernel"}  # the persistent loops (kernel bodies: loop lines only)
@@ -252,8 +254,9 @@ def parse_sass(text: str, ptx: str) -> list:
 
 
 def _width(opcode: str) -> str:
-    last = opcode.rsplit(".", 1)[-1]
-    return {"128": "128", "64": "64", "U16": "16", "S16": "16", "U8": "8", "S8": "8"}.get(last, "32")
+    """Access width in bits of a load/store opcode (LDG.E.64.STRONG.SYS -> '64')."""
+    widths = {"128": "128", "64": "64", "U16": "16", "S16": "16", "U8": "8", "S8": "8"}
+    return next((widths[t] for t in opcode.split(".") if t in widths), "32")
 
 
 def _widths(instrs, base) -> str:
@@ -276,20 +279,22 @@ def loads_in_flight(instrs, funcs) -> list:
     return sorted(best.values())
 
 
-def rows_prefetched(instrs) -> int:
-    """Table-row loads with at least one gradient load issued between them and their first use."""
+def rows_prefetched(instrs) -> tuple:
+    """(table-row loads with at least one gradient load issued between them and their first use,
+    loads of prefetch_row: rows brought into L2, whose values the source never uses)."""
     data = FULL | VEC | MASKED
-    count = 0
+    ahead = 0
     for k, i in enumerate(instrs):
         if not (i.opcode.startswith("LDG") and i.func in ROW):
             continue
         for j in instrs[k + 1:]:
-            if j.opcode.startswith("LDG") and j.func in data:
-                count += 1
-                break
             if j.srcs & i.dests:
                 break
-    return count
+            if j.opcode.startswith("LDG") and j.func in data:
+                ahead += 1
+                break
+    cached = sum(i.opcode.startswith("LDG") and i.func in PREFETCH for i in instrs)
+    return ahead, cached
 
 
 _ELEM_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}
@@ -344,7 +349,7 @@ def sass_numbers(instrs) -> dict:
         "in_flight": loads_in_flight(instrs, FULL),
         "vec_ld": _widths(of(VEC), "LDG"), "vec_st": _widths(of(VEC), "STG"),
         "mask_ld": _widths(of(MASKED), "LDG"),
-        "row_ahead": rows_prefetched(instrs),
+        "row_ahead": rows_prefetched(instrs)[0], "row_cached": rows_prefetched(instrs)[1],
         "ldl_stl": sum(i.opcode.split(".")[0] in ("LDL", "STL") for i in instrs),
     }
 
@@ -404,6 +409,8 @@ def _cell(r: dict, column: str) -> str:
         return f"{r['bar']}/{r['bar_loops']}/{r['bar_full']}"
     if column == "smem_ops":
         return f"{r['smem_ops_loops']}/{r['smem_ops_full']}"
+    if column == "row_ahead":
+        return f"{r['row_ahead']}/{r['row_cached']}"
     if column == "layout":
         return ",".join(r["full_layout"]) or "-"
     if column == "in_flight":

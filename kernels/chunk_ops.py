@@ -33,14 +33,34 @@ def f64_from_bits(bits):
 
 
 @triton.jit
-def unpack_chunk(table_ptr, n_chunks, chunk):
-    """Address, element count, dtype code and full flag of one chunk."""
+def load_row(table_ptr, n_chunks, chunk):
+    """One chunk's two table words: its address and its packed metadata."""
     addr = tl.load(table_ptr + chunk)
     meta = tl.load(table_ptr + n_chunks + chunk)
+    return addr, meta
+
+
+@triton.jit
+def prefetch_row(table_ptr, n_chunks, chunk, valid):
+    """Start bringing a chunk's two table words into L2 without waiting for them.
+
+    The values are never used (``volatile`` keeps the loads).  Issued for the next chunk before the
+    current one streams, so that the next iteration's ``load_row`` waits for L2, not DRAM.  Carrying
+    the next row in registers instead would hide L2's latency too, but cost 4 registers across
+    the whole chunk (spills on sm_80 once the vec path is in), and some ptxas versions (triton
+    3.9's) move a carried row into uniform registers right after its load, waiting for it anyway.
+    """
+    tl.load(table_ptr + chunk, mask=valid, volatile=True)
+    tl.load(table_ptr + n_chunks + chunk, mask=valid, volatile=True)
+
+
+@triton.jit
+def unpack_meta(meta):
+    """Element count, dtype code and full flag from a chunk's packed metadata word."""
     n = (meta & 0xFFFFFFFF).to(tl.int32)
     code = ((meta >> 32) & 15).to(tl.int32)
     full = ((meta >> 36) & 1) != 0
-    return addr, n, code, full
+    return n, code, full
 
 
 @triton.jit

@@ -16,7 +16,7 @@ into a float64 program total, which keeps the relative error near 1e-7 even for 
 import triton
 import triton.language as tl
 
-from .chunk_ops import PINF, chunk_power_sum, f64_from_bits, nan_max, unpack_chunk
+from .chunk_ops import PINF, chunk_power_sum, f64_from_bits, load_row, nan_max, prefetch_row, unpack_meta
 from .launch_settings import ALL_DTYPES, f64_bits, persistent_grid
 
 
@@ -40,7 +40,10 @@ def _norm_partials_kernel(
     p = f64_from_bits(p_bits)
     total = tl.zeros([], tl.float64)
     for chunk in tl.range(pid, n_chunks, n_programs):
-        addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
+        addr, meta = load_row(table_ptr, n_chunks, chunk)
+        # this program's next chunk: its row into L2 while this one streams
+        prefetch_row(table_ptr, n_chunks, chunk + n_programs, chunk + n_programs < n_chunks)
+        n, code, full = unpack_meta(meta)
         # runtime dtype branch: one launch serves fp32, fp16, bf16 and fp64 tensors together
         # (a dtype left out of DTYPES has its branch folded away at compile time)
         if (code == 0) & ((DTYPES & 1) != 0):

@@ -23,7 +23,8 @@ The same kernel, with constexpr switches, also finishes a norm without scaling
 import triton
 import triton.language as tl
 
-from .chunk_ops import CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, f64_from_bits, nan_max_reduce, unpack_chunk
+from .chunk_ops import (CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, f64_from_bits, load_row, nan_max_reduce,
+                        prefetch_row, unpack_meta)
 from .launch_settings import ALL_DTYPES, f64_bits, persistent_grid
 
 
@@ -38,7 +39,11 @@ def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.con
     pid = tl.program_id(0)
     for k in tl.range(pid, n_chunks, n_programs):
         chunk = n_chunks - 1 - k if REVERSE else k
-        addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
+        addr, meta = load_row(table_ptr, n_chunks, chunk)
+        # this program's next chunk: its row into L2 while this one streams
+        prefetch_row(table_ptr, n_chunks, chunk - n_programs if REVERSE else chunk + n_programs,
+                     k + n_programs < n_chunks)
+        n, code, full = unpack_meta(meta)
         # (a dtype left out of DTYPES has its branch folded away at compile time)
         if (code == 0) & ((DTYPES & 1) != 0):
             chunk_rewrite(addr.to(tl.pointer_type(tl.float32)), n, full, a32, b32, OP, CHUNK, BLOCK)

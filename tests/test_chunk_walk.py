@@ -19,7 +19,7 @@ from test_clip import ALL_DTYPES
 #: them full, in 7 rounds, with tails and tiny tensors in between, in every dtype.
 SHAPES = [(1500,), (3, 5), (40, 33), (256,), (2, 700), (1,), (999,)]
 
-ROW_LOADER = "unpack_chunk"
+ROW_LOADER = "load_row"
 
 
 @pytest.fixture
@@ -37,14 +37,19 @@ def mixed(shapes=SHAPES, dtypes=ALL_DTYPES):
     return sum((make_params([s], dtype=dtypes[i % len(dtypes)], scale=1 + i) for i, s in enumerate(shapes)), [])
 
 
+def value(x) -> int:
+    """A scalar of the interpreter (a 0-d tensor) as a Python int."""
+    return int(x.handle.data.item()) if hasattr(x, "handle") else int(x)
+
+
 def record_walks(monkeypatch, module):
     """Chunk indices in the order ``module``'s kernel loads their table rows (all programs)."""
     order = []
     real = getattr(module, ROW_LOADER)
 
-    def spy(table_ptr, n_chunks, chunk, *rest):
-        order.append(int(chunk.handle.data.item()) if hasattr(chunk, "handle") else int(chunk))
-        return real(table_ptr, n_chunks, chunk, *rest)
+    def spy(table_ptr, n_chunks, chunk):
+        order.append(value(chunk))
+        return real(table_ptr, n_chunks, chunk)
 
     monkeypatch.setattr(module, ROW_LOADER, spy)
     return order
@@ -127,3 +132,27 @@ def test_clip_rescales_every_element_once_by_the_coefficient_of_its_norm(triton_
     assert coef.item() < 1
     for g, g0 in zip(grads(params), originals):
         assert torch.equal(g, scaled_once(g0, coef))
+
+
+def test_each_program_prefetches_the_next_row_before_its_chunk_streams(triton_backend, monkeypatch):
+    """R: a chunk's row loaded, P: the next chunk's row prefetched into L2, S: the chunk streamed."""
+    params = mixed()
+    log = []
+    for name, mark in (("load_row", "R"), ("prefetch_row", "P"), ("chunk_power_sum", "S")):
+        real = getattr(norm_kernel, name)
+
+        def spy(*args, _real=real, _mark=mark):
+            if _mark != "P" or value(args[-1]):  # a program's last chunk prefetches nothing
+                log.append(_mark)
+            return _real(*args)
+
+        monkeypatch.setattr(norm_kernel, name, spy)
+
+    fastclip.total_norm(grads(params))
+
+    n_chunks, grid = n_chunks_of(params), 4
+    expected = ""
+    for pid in range(grid):
+        k = len(range(pid, n_chunks, grid))
+        expected += "".join("R" + "P" * (i + 1 < k) + "S" for i in range(k))
+    assert "".join(log) == expected

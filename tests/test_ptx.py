@@ -98,3 +98,12 @@ def test_full_chunk_paths_keep_two_loads_in_flight(report):
     for r in full_path_rows(report):
         if not any(f"norm kind={k}" in r["name"] for k in (2, 3)):
             assert min(r["in_flight"]) >= 2, r
+
+
+def test_both_persistent_loops_prefetch_table_rows(report):
+    """Each loop iteration starts loading the next chunk's table row (both words) into L2 while
+    the current chunk streams; the values are not used (row_ahead in the table: .../2)."""
+    loops = [r for r in report if r["full_ld"] != "-"]
+    assert loops
+    for r in loops:
+        assert r["row_cached"] >= 2, r
