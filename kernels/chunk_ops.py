@@ -1,17 +1,20 @@
 """Per-chunk building blocks shared by the kernels (``@triton.jit`` device functions only).
 
-Every kernel walks a *chunk table* built by ``fastclip.plan``: row 0 holds each chunk's start
+Every kernel walks a *chunk table* built by ``fastclip._plan``: row 0 holds each chunk's start
 address (int64 bytes, so tensors past 2**31 elements are fine), row 1 packs
-``n_elements | dtype_code << 32 | full << 36``.  ``full`` marks a chunk of exactly ``CHUNK``
-elements whose address is 16-byte aligned: it is walked with unmasked, alignment-hinted loads that
-compile to 128-bit ``ld.global.v4``.  Every other chunk (tails, misaligned views, tiny tensors)
-takes the masked path.
+``n_elements | dtype_code << 32 | full << 36 | vec << 37``.  Three paths:
+
+* ``full``: exactly ``CHUNK`` elements at a 16-byte aligned address: unmasked, alignment-hinted
+  loads (and stores) that compile to 128-bit ``LDG.E.128``;
+* ``vec``: 16-byte aligned and a whole number of 16-byte vectors (small tensors, most tails):
+  masked loads whose mask is constant over each vector, still 128-bit (predicated);
+* neither (misaligned views, odd lengths): masked scalar loads.
 
 A block is ``BLOCK`` 16-bit elements' worth of bytes in every dtype (``BLOCK * 16 // bits``
 elements): 16 bytes per thread at the GPU settings, so each dtype's block is one 128-bit access
 per thread, and the load and the store of a block share one layout (an fp32 block of ``BLOCK``
 elements was 32 bytes per thread, and its stores, capped at 16 bytes, went through shared memory).
-Each path is its own function (``_power_sum_full``, ``_rewrite_masked``, ...) so that
+Each path is its own function (``_power_sum_full``, ``_rewrite_vec``, ...) so that
 bench/inspect_kernels.py can attribute machine code to it.
 """
 import triton
@@ -56,11 +59,12 @@ def prefetch_row(table_ptr, n_chunks, chunk, valid):
 
 @triton.jit
 def unpack_meta(meta):
-    """Element count, dtype code and full flag from a chunk's packed metadata word."""
+    """Element count, dtype code, full and vec flags from a chunk's packed metadata word."""
     n = (meta & 0xFFFFFFFF).to(tl.int32)
     code = ((meta >> 32) & 15).to(tl.int32)
     full = ((meta >> 36) & 1) != 0
-    return n, code, full
+    vec = ((meta >> 37) & 1) != 0
+    return n, code, full, vec
 
 
 @triton.jit
@@ -109,6 +113,20 @@ def _power_sum_full(ptr, p, KIND: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.con
 
 
 @triton.jit
+def _power_sum_vec(ptr, n, p, KIND: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # 16-byte aligned base, n a whole number of 16-byte vectors: the mask is constant over each
+    # vector, so the masked loads stay 128-bit (lanes past the end are predicated off)
+    VEC: tl.constexpr = 128 // ptr.dtype.element_ty.primitive_bitwidth
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], ACC)
+    for start in tl.range(0, n, BLOCK):
+        block_ptr = tl.multiple_of(ptr + start, 16)
+        x = tl.load(block_ptr + offs, mask=offs < tl.multiple_of(n - start, VEC), other=0.0)
+        acc = _accumulate(acc, x, p, KIND)
+    return acc
+
+
+@triton.jit
 def _power_sum_masked(ptr, n, p, KIND: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
@@ -120,7 +138,7 @@ def _power_sum_masked(ptr, n, p, KIND: tl.constexpr, ACC: tl.constexpr, BLOCK: t
 
 
 @triton.jit
-def chunk_power_sum(ptr, n, full, p, KIND: tl.constexpr, ACC: tl.constexpr,
+def chunk_power_sum(ptr, n, full, vec, p, KIND: tl.constexpr, ACC: tl.constexpr,
                     CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """Sum of |x|^p (max |x| for KIND == PINF) over one chunk, accumulated in ``ACC``.
 
@@ -129,6 +147,8 @@ def chunk_power_sum(ptr, n, full, p, KIND: tl.constexpr, ACC: tl.constexpr,
     BLOCK_T: tl.constexpr = BLOCK * 16 // ptr.dtype.element_ty.primitive_bitwidth  # 16 B per thread
     if full:
         acc = _power_sum_full(ptr, p, KIND, ACC, CHUNK, BLOCK_T)
+    elif vec:
+        acc = _power_sum_vec(ptr, n, p, KIND, ACC, BLOCK_T)
     else:
         acc = _power_sum_masked(ptr, n, p, KIND, ACC, BLOCK_T)
     return _lane_reduce(acc, KIND)
@@ -168,6 +188,18 @@ def _rewrite_full(ptr, a, b, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.co
 
 
 @triton.jit
+def _rewrite_vec(ptr, n, a, b, OP: tl.constexpr, BLOCK: tl.constexpr):
+    # as _power_sum_vec: 128-bit masked loads and stores
+    VEC: tl.constexpr = 128 // ptr.dtype.element_ty.primitive_bitwidth
+    offs = tl.arange(0, BLOCK)
+    for start in tl.range(0, n, BLOCK):
+        block_ptr = tl.multiple_of(ptr + start, 16)
+        mask = offs < tl.multiple_of(n - start, VEC)
+        x = tl.load(block_ptr + offs, mask=mask)
+        tl.store(block_ptr + offs, _transform(x, a, b, OP), mask=mask)
+
+
+@triton.jit
 def _rewrite_masked(ptr, n, a, b, OP: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     for start in tl.range(0, n, BLOCK):
@@ -177,7 +209,7 @@ def _rewrite_masked(ptr, n, a, b, OP: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def chunk_rewrite(ptr, n, full, a, b, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def chunk_rewrite(ptr, n, full, vec, a, b, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """In place over one chunk: x <- x * a (OP == SCALE) or x <- clamp(x, a, b) (OP == CLAMP).
 
     Computed in a's dtype (fp32, or fp64 for fp64 grads), stored in x's dtype.
@@ -186,5 +218,7 @@ def chunk_rewrite(ptr, n, full, a, b, OP: tl.constexpr, CHUNK: tl.constexpr, BLO
     BLOCK_T: tl.constexpr = BLOCK * 16 // ptr.dtype.element_ty.primitive_bitwidth  # 16 B per thread
     if full:
         _rewrite_full(ptr, a, b, OP, CHUNK, BLOCK_T)
+    elif vec:
+        _rewrite_vec(ptr, n, a, b, OP, BLOCK_T)
     else:
         _rewrite_masked(ptr, n, a, b, OP, BLOCK_T)

@@ -43,9 +43,9 @@ class LaunchSettings:
     max_programs: int  # hard cap on the grid (and the size of the partials workspace)
 
     def __post_init__(self):
-        if self.chunk % self.block or self.block & (self.block - 1) or self.block < 4:
+        if self.chunk % self.block or self.block & (self.block - 1) or self.block < 8:
             raise ValueError(f"chunk ({self.chunk}) must be a multiple of block ({self.block}), a power of 2 "
-                             "of at least 4 (an fp64 block is block / 4 elements)")
+                             "of at least 8 (every dtype's block holds whole 16-byte vectors)")
 
 
 GPU_SETTINGS = LaunchSettings(chunk=65536, block=2048, num_warps=8, programs_per_sm=4, max_programs=2048)

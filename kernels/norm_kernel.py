@@ -43,17 +43,17 @@ def _norm_partials_kernel(
         addr, meta = load_row(table_ptr, n_chunks, chunk)
         # this program's next chunk: its row into L2 while this one streams
         prefetch_row(table_ptr, n_chunks, chunk + n_programs, chunk + n_programs < n_chunks)
-        n, code, full = unpack_meta(meta)
+        n, code, full, vec = unpack_meta(meta)
         # runtime dtype branch: one launch serves fp32, fp16, bf16 and fp64 tensors together
         # (a dtype left out of DTYPES has its branch folded away at compile time)
         if (code == 0) & ((DTYPES & 1) != 0):
-            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float32)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float32)), n, full, vec, p, KIND, ACC, CHUNK, BLOCK)
         elif (code == 1) & ((DTYPES & 2) != 0):
-            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float16)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float16)), n, full, vec, p, KIND, ACC, CHUNK, BLOCK)
         elif (code == 2) & ((DTYPES & 4) != 0):
-            part = chunk_power_sum(addr.to(tl.pointer_type(tl.bfloat16)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.bfloat16)), n, full, vec, p, KIND, ACC, CHUNK, BLOCK)
         elif (code == 3) & ((DTYPES & 8) != 0):
-            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float64)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float64)), n, full, vec, p, KIND, ACC, CHUNK, BLOCK)
         else:
             part = tl.zeros([], ACC)
         if CHUNK_PARTIALS:

@@ -43,16 +43,16 @@ def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.con
         # this program's next chunk: its row into L2 while this one streams
         prefetch_row(table_ptr, n_chunks, chunk - n_programs if REVERSE else chunk + n_programs,
                      k + n_programs < n_chunks)
-        n, code, full = unpack_meta(meta)
+        n, code, full, vec = unpack_meta(meta)
         # (a dtype left out of DTYPES has its branch folded away at compile time)
         if (code == 0) & ((DTYPES & 1) != 0):
-            chunk_rewrite(addr.to(tl.pointer_type(tl.float32)), n, full, a32, b32, OP, CHUNK, BLOCK)
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float32)), n, full, vec, a32, b32, OP, CHUNK, BLOCK)
         elif (code == 1) & ((DTYPES & 2) != 0):
-            chunk_rewrite(addr.to(tl.pointer_type(tl.float16)), n, full, a32, b32, OP, CHUNK, BLOCK)
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float16)), n, full, vec, a32, b32, OP, CHUNK, BLOCK)
         elif (code == 2) & ((DTYPES & 4) != 0):
-            chunk_rewrite(addr.to(tl.pointer_type(tl.bfloat16)), n, full, a32, b32, OP, CHUNK, BLOCK)
+            chunk_rewrite(addr.to(tl.pointer_type(tl.bfloat16)), n, full, vec, a32, b32, OP, CHUNK, BLOCK)
         elif (code == 3) & ((DTYPES & 8) != 0):
-            chunk_rewrite(addr.to(tl.pointer_type(tl.float64)), n, full, a64, b64, OP, CHUNK, BLOCK)
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float64)), n, full, vec, a64, b64, OP, CHUNK, BLOCK)
 
 
 @triton.jit(do_not_specialize=["max_norm_bits", "inv_p_bits"])

@@ -107,3 +107,12 @@ def test_both_persistent_loops_prefetch_table_rows(report):
     assert loops
     for r in loops:
         assert r["row_cached"] >= 2, r
+
+
+def test_small_aligned_tensors_take_128_bit_masked_loads_and_stores(report):
+    """The vec path (16-byte aligned chunks of whole 16-byte vectors: 2 000 x 512 fp32, most tails)."""
+    loops = [r for r in report if r["full_ld"] != "-"]
+    for r in loops:
+        assert set(widths(r["vec_ld"])) == {128}, r
+        assert r["vec_st"] == "-" or set(widths(r["vec_st"])) == {128}, r
+    assert any(r["vec_st"] != "-" for r in loops)
