@@ -1,7 +1,7 @@
 """Plan builder for the Triton path.
 
 A *plan* is what the two launches need about one list of gradients on one device: the chunk table
-(int64 ``[2, n_chunks]``: chunk start address; ``n | dtype_code << 32 | full << 36``) and the
+(int64 ``[2, n_chunks]``: chunk start address; ``n | dtype_code << 32 | full << 36 | vec << 37``) and the
 float64 partials workspace (one value per program of the norm launch).  Building one costs a few vectorised torch ops; the
 dispatcher (``fastclip._dispatch``) caches it under the gradients' signature, so the steady state
 of a training loop, where the same gradient buffers come back every step, does no table building,
@@ -46,8 +46,10 @@ def build_plan(grads: list, device: torch.device, settings: LaunchSettings) -> P
     start = k * chunk
     n = torch.minimum(numel[owner] - start, torch.tensor(chunk))
     chunk_addr = addr[owner] + start * elsize[owner]
-    full = (n == chunk) & (chunk_addr % VECTOR_ALIGN_BYTES == 0)
-    packed = n | (code[owner] << 32) | (full.to(torch.int64) << 36)
+    aligned = chunk_addr % VECTOR_ALIGN_BYTES == 0
+    full = (n == chunk) & aligned
+    vec = aligned & (n * elsize[owner] % VECTOR_ALIGN_BYTES == 0)  # whole 16-byte vectors (chunk_ops.py)
+    packed = n | (code[owner] << 32) | (full.to(torch.int64) << 36) | (vec.to(torch.int64) << 37)
     n_chunks = int(owner.numel())
     # a never-read dummy column keeps the table pointer valid when there is nothing to do
     table = torch.stack([chunk_addr, packed]) if n_chunks else torch.zeros(2, 1, dtype=torch.int64)

@@ -1,11 +1,21 @@
 """Per-chunk building blocks shared by the kernels (``@triton.jit`` device functions only).
 
-Every kernel walks a *chunk table* built by ``fastclip.plan``: row 0 holds each chunk's start
+Every kernel walks a *chunk table* built by ``fastclip._plan``: row 0 holds each chunk's start
 address (int64 bytes, so tensors past 2**31 elements are fine), row 1 packs
-``n_elements | dtype_code << 32 | full << 36``.  ``full`` marks a chunk of exactly ``CHUNK``
-elements whose address is 16-byte aligned: it is walked with unmasked, alignment-hinted loads that
-compile to 128-bit ``ld.global.v4``.  Every other chunk (tails, misaligned views, tiny tensors)
-takes the masked path.
+``n_elements | dtype_code << 32 | full << 36 | vec << 37``.  Three paths:
+
+* ``full``: exactly ``CHUNK`` elements at a 16-byte aligned address: unmasked, alignment-hinted
+  loads (and stores) that compile to 128-bit ``LDG.E.128``;
+* ``vec``: 16-byte aligned and a whole number of 16-byte vectors (small tensors, most tails):
+  masked loads whose mask is constant over each vector, still 128-bit (predicated);
+* neither (misaligned views, odd lengths): masked scalar loads.
+
+A block is ``BLOCK`` 16-bit elements' worth of bytes in every dtype (``BLOCK * 16 // bits``
+elements): 16 bytes per thread at the GPU settings, so each dtype's block is one 128-bit access
+per thread, and the load and the store of a block share one layout (an fp32 block of ``BLOCK``
+elements was 32 bytes per thread, and its stores, capped at 16 bytes, went through shared memory).
+Each path is its own function (``_power_sum_full``, ``_rewrite_vec``, ...) so that
+bench/inspect_kernels.py can attribute machine code to it.
 """
 import triton
 import triton.language as tl
@@ -26,14 +36,35 @@ def f64_from_bits(bits):
 
 
 @triton.jit
-def unpack_chunk(table_ptr, n_chunks, chunk):
-    """Address, element count, dtype code and full flag of one chunk."""
+def load_row(table_ptr, n_chunks, chunk):
+    """One chunk's two table words: its address and its packed metadata."""
     addr = tl.load(table_ptr + chunk)
     meta = tl.load(table_ptr + n_chunks + chunk)
+    return addr, meta
+
+
+@triton.jit
+def prefetch_row(table_ptr, n_chunks, chunk, valid):
+    """Start bringing a chunk's two table words into L2 without waiting for them.
+
+    The values are never used (``volatile`` keeps the loads).  Issued for the next chunk before the
+    current one streams, so that the next iteration's ``load_row`` waits for L2, not DRAM.  Carrying
+    the next row in registers instead would hide L2's latency too, but cost 4 registers across
+    the whole chunk (spills on sm_80 once the vec path is in), and some ptxas versions (triton
+    3.9's) move a carried row into uniform registers right after its load, waiting for it anyway.
+    """
+    tl.load(table_ptr + chunk, mask=valid, volatile=True)
+    tl.load(table_ptr + n_chunks + chunk, mask=valid, volatile=True)
+
+
+@triton.jit
+def unpack_meta(meta):
+    """Element count, dtype code, full and vec flags from a chunk's packed metadata word."""
     n = (meta & 0xFFFFFFFF).to(tl.int32)
     code = ((meta >> 32) & 15).to(tl.int32)
     full = ((meta >> 36) & 1) != 0
-    return addr, n, code, full
+    vec = ((meta >> 37) & 1) != 0
+    return n, code, full, vec
 
 
 @triton.jit
@@ -51,40 +82,81 @@ def nan_max_reduce(x):
 
 @triton.jit
 def _accumulate(acc, x, p, KIND: tl.constexpr):
-    # acc holds sum |x|^p lane by lane (max |x| for the inf norm)
+    # acc holds sum |x|^p lane by lane (max |x| for the inf norm); x as loaded
     if KIND == P2:
-        acc += x * x
+        xa = x.to(acc.dtype)
+        acc += xa * xa
     elif KIND == P1:
-        acc += tl.abs(x)
+        acc += tl.abs(x.to(acc.dtype))
     elif KIND == PINF:
-        acc = nan_max(acc, tl.abs(x))
+        acc = nan_max(acc, tl.abs(x.to(acc.dtype)))
     else:
-        ax = tl.abs(x)
-        # |x|^p = 2^(p log2|x|); 0 -> 0 explicitly (log2 0 = -inf), NaN stays NaN
-        acc += tl.where(ax == 0, 0.0, tl.exp2(p.to(ax.dtype) * tl.log2(ax)))
+        # |x|^p = 2^(p log2|x|), in fp32 for 16- and 32-bit grads (the precision of torch's
+        # per-tensor norms) even when lanes accumulate in fp64: fp64 log2/exp2 on every lane of a
+        # block needs ~100 registers and spilled on sm_80.  0 -> 0 explicitly (log2 0 = -inf),
+        # NaN stays NaN.
+        ax = tl.abs(x.to(acc.dtype if x.dtype == tl.float64 else tl.float32))
+        acc += tl.where(ax == 0, 0.0, tl.exp2(p.to(ax.dtype) * tl.log2(ax))).to(acc.dtype)
     return acc
 
 
 @triton.jit
-def chunk_power_sum(ptr, n, full, p, KIND: tl.constexpr, ACC: tl.constexpr,
+def _power_sum_full(ptr, p, KIND: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    # 16-byte aligned base + whole blocks: lets the compiler emit 128-bit loads
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], ACC)
+    for start in tl.range(0, CHUNK, BLOCK):
+        block_ptr = tl.multiple_of(ptr + start, 16)
+        x = tl.load(block_ptr + offs)
+        acc = _accumulate(acc, x, p, KIND)
+    return acc
+
+
+@triton.jit
+def _power_sum_vec(ptr, n, p, KIND: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # 16-byte aligned base, n a whole number of 16-byte vectors: the mask is constant over each
+    # vector, so the masked loads stay 128-bit (lanes past the end are predicated off)
+    VEC: tl.constexpr = 128 // ptr.dtype.element_ty.primitive_bitwidth
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], ACC)
+    for start in tl.range(0, n, BLOCK):
+        block_ptr = tl.multiple_of(ptr + start, 16)
+        x = tl.load(block_ptr + offs, mask=offs < tl.multiple_of(n - start, VEC), other=0.0)
+        acc = _accumulate(acc, x, p, KIND)
+    return acc
+
+
+@triton.jit
+def _power_sum_masked(ptr, n, p, KIND: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], ACC)
+    for start in tl.range(0, n, BLOCK):
+        mask = start + offs < n
+        x = tl.load(ptr + start + offs, mask=mask, other=0.0)
+        acc = _accumulate(acc, x, p, KIND)
+    return acc
+
+
+@triton.jit
+def chunk_power_sum(ptr, n, full, vec, p, KIND: tl.constexpr, ACC: tl.constexpr,
                     CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """Sum of |x|^p (max |x| for KIND == PINF) over one chunk, accumulated in ``ACC``.
 
     Reads n * elsize bytes, writes nothing.
     """
-    offs = tl.arange(0, BLOCK)
-    acc = tl.zeros([BLOCK], ACC)
+    BLOCK_T: tl.constexpr = BLOCK * 16 // ptr.dtype.element_ty.primitive_bitwidth  # 16 B per thread
     if full:
-        # 16-byte aligned base + whole blocks: lets the compiler emit 128-bit loads
-        for start in tl.range(0, CHUNK, BLOCK):
-            block_ptr = tl.multiple_of(ptr + start, 16)
-            x = tl.load(block_ptr + offs)
-            acc = _accumulate(acc, x.to(ACC), p, KIND)
+        acc = _power_sum_full(ptr, p, KIND, ACC, CHUNK, BLOCK_T)
+    elif vec:
+        acc = _power_sum_vec(ptr, n, p, KIND, ACC, BLOCK_T)
     else:
-        for start in tl.range(0, n, BLOCK):
-            mask = start + offs < n
-            x = tl.load(ptr + start + offs, mask=mask, other=0.0)
-            acc = _accumulate(acc, x.to(ACC), p, KIND)
+        acc = _power_sum_masked(ptr, n, p, KIND, ACC, BLOCK_T)
+    return _lane_reduce(acc, KIND)
+
+
+@triton.jit
+def _lane_reduce(acc, KIND: tl.constexpr):
+    # the one cross-thread step of a chunk (shuffles, and shared memory between warps)
     if KIND == PINF:
         return nan_max_reduce(acc)
     return tl.sum(acc, axis=0)
@@ -107,20 +179,46 @@ def _transform(x, a, b, OP: tl.constexpr):
 
 
 @triton.jit
-def chunk_rewrite(ptr, n, full, a, b, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _rewrite_full(ptr, a, b, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    for start in tl.range(0, CHUNK, BLOCK):
+        block_ptr = tl.multiple_of(ptr + start, 16)
+        x = tl.load(block_ptr + offs)
+        tl.store(block_ptr + offs, _transform(x, a, b, OP))
+
+
+@triton.jit
+def _rewrite_vec(ptr, n, a, b, OP: tl.constexpr, BLOCK: tl.constexpr):
+    # as _power_sum_vec: 128-bit masked loads and stores
+    VEC: tl.constexpr = 128 // ptr.dtype.element_ty.primitive_bitwidth
+    offs = tl.arange(0, BLOCK)
+    for start in tl.range(0, n, BLOCK):
+        block_ptr = tl.multiple_of(ptr + start, 16)
+        mask = offs < tl.multiple_of(n - start, VEC)
+        x = tl.load(block_ptr + offs, mask=mask)
+        tl.store(block_ptr + offs, _transform(x, a, b, OP), mask=mask)
+
+
+@triton.jit
+def _rewrite_masked(ptr, n, a, b, OP: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    for start in tl.range(0, n, BLOCK):
+        mask = start + offs < n
+        x = tl.load(ptr + start + offs, mask=mask)
+        tl.store(ptr + start + offs, _transform(x, a, b, OP), mask=mask)
+
+
+@triton.jit
+def chunk_rewrite(ptr, n, full, vec, a, b, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """In place over one chunk: x <- x * a (OP == SCALE) or x <- clamp(x, a, b) (OP == CLAMP).
 
     Computed in a's dtype (fp32, or fp64 for fp64 grads), stored in x's dtype.
     Reads and writes n * elsize bytes each.
     """
-    offs = tl.arange(0, BLOCK)
+    BLOCK_T: tl.constexpr = BLOCK * 16 // ptr.dtype.element_ty.primitive_bitwidth  # 16 B per thread
     if full:
-        for start in tl.range(0, CHUNK, BLOCK):
-            block_ptr = tl.multiple_of(ptr + start, 16)
-            x = tl.load(block_ptr + offs)
-            tl.store(block_ptr + offs, _transform(x, a, b, OP))
+        _rewrite_full(ptr, a, b, OP, CHUNK, BLOCK_T)
+    elif vec:
+        _rewrite_vec(ptr, n, a, b, OP, BLOCK_T)
     else:
-        for start in tl.range(0, n, BLOCK):
-            mask = start + offs < n
-            x = tl.load(ptr + start + offs, mask=mask)
-            tl.store(ptr + start + offs, _transform(x, a, b, OP), mask=mask)
+        _rewrite_masked(ptr, n, a, b, OP, BLOCK_T)

@@ -1,8 +1,11 @@
 """The one place for launch policy: chunk size, block size, warps, grid size, dtype codes.
 
 A *chunk* is the unit of work a program takes from the plan (``CHUNK`` elements of one tensor);
-a *block* is what one loop iteration of a program loads (``BLOCK`` elements, ``BLOCK / (32 *
-num_warps)`` per thread, so fp32 and bf16 both get 128-bit loads at the defaults).
+a *block* is what one loop iteration of a program loads: ``BLOCK`` elements of a 16-bit dtype,
+and the same bytes of any other (``BLOCK / 2`` fp32, ``BLOCK / 4`` fp64 elements).  At the
+defaults (``BLOCK = 8 * 32 * num_warps``) that is 16 bytes per thread, one 128-bit access, for
+every dtype: a block's loads and stores share one register layout, with nothing to convert
+through shared memory in between.
 
 GPU values are starting points chosen from the byte floor (see DESIGN.md), not yet tuned on
 hardware: tuning them is the GPU issue's job and must keep them fixed settings (no autotune of the
@@ -19,6 +22,10 @@ import torch
 #: dtype code stored in the plan, branched on at run time inside the kernels.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 SUPPORTED_DTYPES = tuple(DTYPE_CODES)
+#: The kernels' DTYPES constexpr: bit ``1 << code`` compiles that dtype's branch in.  Launches use
+#: all four; a plan of one dtype could pass just its bit (fewer registers and instructions), and
+#: bench/inspect_kernels.py compiles one dtype at a time to read each path's machine code.
+ALL_DTYPES = sum(1 << c for c in DTYPE_CODES.values())
 
 #: Norm kinds, a constexpr of both kernels.
 NORM_P2, NORM_P1, NORM_INF, NORM_GENERAL = 0, 1, 2, 3
@@ -61,14 +68,15 @@ POLICY_MAX_WINDOW = 4096
 @dataclasses.dataclass(frozen=True)
 class LaunchSettings:
     chunk: int  # elements per chunk (multiple of block)
-    block: int  # elements per loop iteration of a program
+    block: int  # 16-bit elements per loop iteration of a program (same bytes for other dtypes)
     num_warps: int
     programs_per_sm: int  # persistent grid = SMs * programs_per_sm (lowered to what fits), capped by chunks
     max_programs: int  # hard cap on the grid (and the size of the partials workspace)
 
     def __post_init__(self):
-        if self.chunk % self.block or self.block & (self.block - 1):
-            raise ValueError(f"chunk ({self.chunk}) must be a multiple of block ({self.block}), a power of 2")
+        if self.chunk % self.block or self.block & (self.block - 1) or self.block < 8:
+            raise ValueError(f"chunk ({self.chunk}) must be a multiple of block ({self.block}), a power of 2 "
+                             "of at least 8 (every dtype's block holds whole 16-byte vectors)")
 
 
 GPU_SETTINGS = LaunchSettings(chunk=65536, block=2048, num_warps=8, programs_per_sm=4, max_programs=2048)

@@ -16,8 +16,8 @@ into a float64 program total, which keeps the relative error near 1e-7 even for 
 import triton
 import triton.language as tl
 
-from .chunk_ops import PINF, chunk_power_sum, f64_from_bits, nan_max, unpack_chunk
-from .launch_settings import f64_bits, persistent_grid
+from .chunk_ops import PINF, chunk_power_sum, f64_from_bits, load_row, nan_max, prefetch_row, unpack_meta
+from .launch_settings import ALL_DTYPES, f64_bits, persistent_grid
 
 
 @triton.jit(do_not_specialize=["p_bits"])
@@ -33,22 +33,29 @@ def _norm_partials_kernel(
     CHUNK_PARTIALS: tl.constexpr,  # also store every chunk's partial (per-tensor norms, 8 B/chunk)
     CHUNK: tl.constexpr,  # elements per full chunk
     BLOCK: tl.constexpr,  # elements per loop iteration
+    DTYPES: tl.constexpr = ALL_DTYPES,  # bit 1 << code set: that dtype's branch is compiled in
 ):
     pid = tl.program_id(0)
     ACC: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     p = f64_from_bits(p_bits)
     total = tl.zeros([], tl.float64)
     for chunk in tl.range(pid, n_chunks, n_programs):
-        addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
+        addr, meta = load_row(table_ptr, n_chunks, chunk)
+        # this program's next chunk: its row into L2 while this one streams
+        prefetch_row(table_ptr, n_chunks, chunk + n_programs, chunk + n_programs < n_chunks)
+        n, code, full, vec = unpack_meta(meta)
         # runtime dtype branch: one launch serves fp32, fp16, bf16 and fp64 tensors together
-        if code == 0:
-            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float32)), n, full, p, KIND, ACC, CHUNK, BLOCK)
-        elif code == 1:
-            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float16)), n, full, p, KIND, ACC, CHUNK, BLOCK)
-        elif code == 2:
-            part = chunk_power_sum(addr.to(tl.pointer_type(tl.bfloat16)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+        # (a dtype left out of DTYPES has its branch folded away at compile time)
+        if (code == 0) & ((DTYPES & 1) != 0):
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float32)), n, full, vec, p, KIND, ACC, CHUNK, BLOCK)
+        elif (code == 1) & ((DTYPES & 2) != 0):
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float16)), n, full, vec, p, KIND, ACC, CHUNK, BLOCK)
+        elif (code == 2) & ((DTYPES & 4) != 0):
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.bfloat16)), n, full, vec, p, KIND, ACC, CHUNK, BLOCK)
+        elif (code == 3) & ((DTYPES & 8) != 0):
+            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float64)), n, full, vec, p, KIND, ACC, CHUNK, BLOCK)
         else:
-            part = chunk_power_sum(addr.to(tl.pointer_type(tl.float64)), n, full, p, KIND, ACC, CHUNK, BLOCK)
+            part = tl.zeros([], ACC)
         if CHUNK_PARTIALS:
             tl.store(chunk_partials_ptr + chunk, part.to(tl.float64))
         if KIND == PINF:

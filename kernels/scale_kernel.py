@@ -30,8 +30,9 @@ loops only multiply, so this costs them nothing.
 import triton
 import triton.language as tl
 
-from .chunk_ops import CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, f64_from_bits, nan_max_reduce, unpack_chunk
-from .launch_settings import POLICY_NONE, f64_bits, persistent_grid
+from .chunk_ops import (CLAMP, P1, P2, PINF, SCALE, chunk_rewrite, f64_from_bits, load_row, nan_max_reduce,
+                        prefetch_row, unpack_meta)
+from .launch_settings import ALL_DTYPES, POLICY_NONE, f64_bits, persistent_grid
 from .policy_ops import clip_coef, policy_coef
 
 NO_POLICY = tl.constexpr(POLICY_NONE)
@@ -41,19 +42,30 @@ COMPILE_OPTIONS = {"enable_fp_fusion": False}
 
 
 @triton.jit
-def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    # this program's share of the chunks, same assignment as the norm launch
+def _rewrite_all(table_ptr, n_chunks, n_programs, a32, a64, b32, b64, OP: tl.constexpr, CHUNK: tl.constexpr,
+                 BLOCK: tl.constexpr, DTYPES: tl.constexpr = ALL_DTYPES, REVERSE: tl.constexpr = True):
+    # Chunks are dealt round-robin (the k-th to program k mod G).  REVERSE (the rescale) deals them
+    # from the end of the table: the norm launch walked forward, so what it read last is what L2
+    # still holds (50 MB on H100), and the rescale starts there.  Each element is still scaled
+    # once, by the same coefficient: bitwise the same result.  (Mirroring the table keeps every
+    # index a function of constants and the loop counter: no per-program trip count to keep live.)
     pid = tl.program_id(0)
-    for chunk in tl.range(pid, n_chunks, n_programs):
-        addr, n, code, full = unpack_chunk(table_ptr, n_chunks, chunk)
-        if code == 0:
-            chunk_rewrite(addr.to(tl.pointer_type(tl.float32)), n, full, a32, b32, OP, CHUNK, BLOCK)
-        elif code == 1:
-            chunk_rewrite(addr.to(tl.pointer_type(tl.float16)), n, full, a32, b32, OP, CHUNK, BLOCK)
-        elif code == 2:
-            chunk_rewrite(addr.to(tl.pointer_type(tl.bfloat16)), n, full, a32, b32, OP, CHUNK, BLOCK)
-        else:
-            chunk_rewrite(addr.to(tl.pointer_type(tl.float64)), n, full, a64, b64, OP, CHUNK, BLOCK)
+    for k in tl.range(pid, n_chunks, n_programs):
+        chunk = n_chunks - 1 - k if REVERSE else k
+        addr, meta = load_row(table_ptr, n_chunks, chunk)
+        # this program's next chunk: its row into L2 while this one streams
+        prefetch_row(table_ptr, n_chunks, chunk - n_programs if REVERSE else chunk + n_programs,
+                     k + n_programs < n_chunks)
+        n, code, full, vec = unpack_meta(meta)
+        # (a dtype left out of DTYPES has its branch folded away at compile time)
+        if (code == 0) & ((DTYPES & 1) != 0):
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float32)), n, full, vec, a32, b32, OP, CHUNK, BLOCK)
+        elif (code == 1) & ((DTYPES & 2) != 0):
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float16)), n, full, vec, a32, b32, OP, CHUNK, BLOCK)
+        elif (code == 2) & ((DTYPES & 4) != 0):
+            chunk_rewrite(addr.to(tl.pointer_type(tl.bfloat16)), n, full, vec, a32, b32, OP, CHUNK, BLOCK)
+        elif (code == 3) & ((DTYPES & 8) != 0):
+            chunk_rewrite(addr.to(tl.pointer_type(tl.float64)), n, full, vec, a64, b64, OP, CHUNK, BLOCK)
 
 
 @triton.jit(do_not_specialize=["max_norm_bits", "inv_p_bits"])
@@ -141,11 +153,13 @@ def _clamp_kernel(
     clip_value_bits,  # clamp to [-clip_value, clip_value]; float64 bits
     CHUNK: tl.constexpr,  # elements per full chunk
     BLOCK: tl.constexpr,  # elements per loop iteration
+    DTYPES: tl.constexpr = ALL_DTYPES,  # bit 1 << code set: that dtype's branch is compiled in
 ):
     """g <- clamp(g, -c, c) in place; reads and writes N bytes each."""
     hi64 = f64_from_bits(clip_value_bits)
     hi32 = hi64.to(tl.float32)
-    _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK)
+    _rewrite_all(table_ptr, n_chunks, n_programs, -hi32, -hi64, hi32, hi64, CLAMP, CHUNK, BLOCK, DTYPES,
+                 REVERSE=False)  # no norm launch before it (and backward writes the first grads last)
 
 
 def launch_scale(table, n_chunks, partials, n_partials, norm, max_norm, p, kind, norm_fp64, *,
