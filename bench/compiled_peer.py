@@ -11,7 +11,7 @@ coefficient and every tensor's rescale into one or two kernels).
   ``fullgraph=True``: a graph break would leave part of the call eager, so it fails the case instead.
 * **One graph per (set, dtype)**: ``max_norm`` is passed as a 0-d float32 tensor on the gradients'
   device.  A Python float is specialised into the graph, so the second regime's value would
-  recompile (measured: a second 42 s compile for GPT-2 shapes on the 2-core CPU).  The graph is
+  recompile (measured: a second 42 s compile for GPT-2 shapes on the busy 2-core CPU).  The graph is
   the same either way: the threshold is one scalar input of the coefficient.
 * **Compiled outside the timing**: the first call compiles (its wall time, cache hits included, is
   recorded as ``compile_s``); Dynamo is reset between gradient sets, so guards never pile up.
@@ -21,10 +21,10 @@ coefficient and every tensor's rescale into one or two kernels).
 * **Which sets**: ``FASTCLIP_BENCH_COMPILE_SETS`` (comma list, ``all`` or ``none``).  Default: every
   set of at most ``MAX_TENSORS`` tensors, and at the ``tiny`` preset (``bench/run.py --quick``, CI)
   only ``huge`` (one tensor) in fp32.  Inductor's compile time grows faster than the tensor count
-  (measured on the 2-core CPU, N tensors of 512 elements: 50 -> 22 s, 100 -> 37 s, 200 -> 79 s,
-  400 -> 202 s, mostly the scheduler's fusion pass; 2 000 had not finished after 17 min), so the
-  2 000-tensor set is left out unless named; GPT-2's 148 tensors take ~45 s even at tiny sizes,
-  one tensor a few seconds.  Under ``FASTCLIP_RUN_DEADLINE`` (the GPU script) a compile is
+  (measured on the quiet 2-core CPU, N tensors of 512 elements: 100 -> 23 s, 200 -> 40 s,
+  400 -> 88 s, mostly the scheduler's fusion pass; 2 000 had not finished after 17 min on a busy
+  machine, ~10 min extrapolated), so the 2 000-tensor set is left out unless named; GPT-2's 148
+  tensors take ~30 s (cold cache), one tensor a few seconds.  Under ``FASTCLIP_RUN_DEADLINE`` (the GPU script) a compile is
   skipped when it would not finish in time.
 """
 from __future__ import annotations
@@ -65,10 +65,10 @@ def skip_reason(set_name: str, dtype: str, n_tensors: int, device: torch.device,
         return f"torch.compile peer not run for {set_name}: not in FASTCLIP_BENCH_COMPILE_SETS"
     if named is None and preset == "tiny" and (set_name, dtype) != ("huge", "fp32"):
         return ("torch.compile peer: quick mode compiles only the one-tensor set in fp32 "
-                "(a many-tensor graph takes ~45 s to compile on 2 cores, a cold first compile ~10-30 s)")
+                "(GPT-2's 148-tensor graph takes ~30 s to compile on 2 cores)")
     if named is None and n_tensors > MAX_TENSORS:
         return (f"torch.compile peer not run for {n_tensors} tensors: Inductor's compile time grows faster than "
-                f"the tensor count (400 tensors: 202 s on 2 cores); name the set in FASTCLIP_BENCH_COMPILE_SETS")
+                f"the tensor count (400 tensors: 88 s on 2 cores); name the set in FASTCLIP_BENCH_COMPILE_SETS")
     if device.type == "cpu" and not (os.environ.get("CXX") or any(shutil.which(c) for c in ("g++", "c++", "clang++"))):
         return "torch.compile on the CPU needs a C++ compiler (none found)"
     deadline = float(os.environ.get("FASTCLIP_RUN_DEADLINE", 0) or 0)
