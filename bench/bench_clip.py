@@ -1,8 +1,10 @@
-"""pytest-benchmark suite: fastclip.clip_ vs torch.nn.utils.clip_grad_norm_ vs a copy of the same bytes.
+"""pytest-benchmark suite: fastclip.clip_ vs torch.nn.utils.clip_grad_norm_ (eager and compiled) vs a
+copy of the same bytes.
 
 One benchmark group per (gradient set, dtype, regime), so pytest-benchmark prints fastclip,
-torch-foreach, torch-loop and the byte-floor copy next to each other.  What is timed and checked
-is described in ``cases.py``; gradient sets in ``grad_sets.py``; round counts in ``timing.py``.
+torch-foreach, torch-loop, torch-compile and the byte-floor copy next to each other.  What is
+timed and checked is described in ``cases.py`` (the compiled peer in ``compiled_peer.py``);
+gradient sets in ``grad_sets.py``; round counts in ``timing.py``.
 
     python -m pytest bench/bench_clip.py                          # sizes chosen from the device
     FASTCLIP_BENCH_PRESET=tiny python -m pytest bench/bench_clip.py --benchmark-disable   # checks only

@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
 # One call on a GPU box (no network needed): install fastclip from this checkout, run the CUDA
-# tests, the torch.profiler two-kernel check, the full-size benchmark and the host-overhead
-# measure, and write everything to OUTDIR:
+# tests, the torch.profiler two-kernel check, the full-size benchmark (with the torch.compile
+# peer while its deadline allows), the host-overhead measure, then -- when time is left -- the
+# launch-settings sweep, and write everything to OUTDIR (packed into ARCHIVE when given):
 #
-#   bash bench/gpu_check.sh OUTDIR
+#   bash bench/gpu_check.sh OUTDIR [ARCHIVE]
+#   bash bench/gpu_check.sh /tmp/gpu-check "$OUT/gpu-check.tar.gz"   # on the lent GPU machine:
+#                                       # one file comes back (a run returns at most 8)
 #
-#   OUTDIR/SUMMARY.md      step results + the benchmark table (read this first)
+#   OUTDIR/SUMMARY.md      step results + the benchmark table + the sweep's pick (read this first)
 #   OUTDIR/steps.tsv       step, exit status (124 = timed out), seconds
 #   OUTDIR/env.json        device, driver, python/torch/triton versions, git commit
 #   OUTDIR/clip.json       pytest-benchmark JSON of the clip suite (overhead.json: host overhead)
+#   OUTDIR/tune/           tune.json, tune.md: bench/tune.py's sweep (when it ran)
 #   OUTDIR/table.md, plot.png, profile.json, history/ (pytest-benchmark saved runs), logs/*.log
 #
 # Every step runs under `timeout`; a failing or hanging step is logged and the script goes on.
-# The whole script stays under GPU_CHECK_BUDGET seconds (default 340, i.e. < 6 min), so a
-# 15-minute GPU slot can run it twice.  It never changes clocks or other device settings.
-# Environment: PYTHON (default python3, else python), GPU_CHECK_BUDGET, FASTCLIP_BENCH_PRESET
-# (default: gpu sizes on CUDA).  To compare with the last committed run of the same GPU, its
-# bench/results/<device>/history is copied into OUTDIR/history first.
+# The whole script stays under GPU_CHECK_BUDGET seconds (default 540, i.e. 9 min, inside the
+# device's 10-minute command limit): the checks and the benchmark take the first ~6 minutes
+# (their step limits add up to that), the sweep gets what is left, at most TUNE_LIMIT (200) s,
+# and runs only when at least TUNE_MIN (90) s are left.  GPU_CHECK_BUDGET=340 gives the old
+# 6-minute check without the sweep.  It never changes clocks or other device settings.
+# Environment: PYTHON (default python3, else python), GPU_CHECK_BUDGET, TUNE_LIMIT, TUNE_MIN,
+# FASTCLIP_BENCH_PRESET (default: gpu sizes on CUDA).  To compare with the last committed run of
+# the same GPU, its bench/results/<device>/history is copied into OUTDIR/history first.
 set -u
-OUT="${1:?usage: bash bench/gpu_check.sh OUTDIR}"
+OUT="${1:?usage: bash bench/gpu_check.sh OUTDIR [ARCHIVE]}"
+ARCHIVE="${2:-}"
 mkdir -p "$OUT/logs" && OUT="$(cd "$OUT" && pwd)"
+[ -n "$ARCHIVE" ] && mkdir -p "$(dirname "$ARCHIVE")" && ARCHIVE="$(cd "$(dirname "$ARCHIVE")" && pwd)/$(basename "$ARCHIVE")"
 cd "$(dirname "$0")/.." || exit 2
 REPO="$(pwd)"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
-BUDGET="${GPU_CHECK_BUDGET:-340}"
+BUDGET="${GPU_CHECK_BUDGET:-540}"
+TUNE_LIMIT="${TUNE_LIMIT:-200}"
+TUNE_MIN="${TUNE_MIN:-90}"
 RESERVE=25            # seconds kept for the final report
 START=$(date +%s)
 STEPS="$OUT/steps.tsv"
@@ -51,6 +62,14 @@ step() {
     tail -n 15 "$OUT/logs/$name.log" | sed 's/^/   | /'
   fi
   return 0
+}
+
+# the sweep's closing summary; if it was cut short, the one tune.md kept after its last config
+tune_summary() {
+  if grep -q '^tune: ' "$OUT/logs/tune.log" 2>/dev/null; then sed -n '/^tune: /,$p' "$OUT/logs/tune.log"
+  elif [ -f "$OUT/tune/tune.md" ]; then echo "(cut short; as of its last finished config)"; sed -n '3,/^$/p' "$OUT/tune/tune.md"
+  else tail -n 8 "$OUT/logs/tune.log"
+  fi
 }
 
 has_module() { "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
@@ -92,15 +111,23 @@ if [ -n "$SLUG" ] && [ -d "bench/results/$SLUG/history" ] && [ ! -d "$OUT/histor
   cp -r "bench/results/$SLUG/history" "$OUT/history"   # --benchmark-compare against the committed run
   [ -f "bench/results/$SLUG/clip.json" ] && cp "bench/results/$SLUG/clip.json" "$OUT/previous-clip.json"
 fi
-step bench-clip 170 "$PY" bench/run.py --no-install --out "$OUT" --skip-overhead
-step bench-overhead 50 "$PY" bench/run.py --no-install --out "$OUT" --skip-clip
+step bench-clip 200 "$PY" bench/run.py --no-install --out "$OUT" --skip-overhead
+step bench-overhead 60 "$PY" bench/run.py --no-install --out "$OUT" --skip-clip
 
-# --- 6. the rest of tests/ with whatever time is left
+# --- 6. the launch-settings sweep, only with time left (tune.py stops starting configs at its deadline)
+LEFT=$(( BUDGET - RESERVE - ($(date +%s) - START) ))
+if [ "$LEFT" -ge "$TUNE_MIN" ]; then
+  step tune "$TUNE_LIMIT" "$PY" bench/tune.py --out "$OUT/tune" --budget "$TUNE_LIMIT"
+else
+  printf 'tune\tskipped\t0\n' >> "$STEPS"; echo "== tune: skipped (${LEFT}s left, needs ${TUNE_MIN}s)"
+fi
+
+# --- 7. the rest of tests/ with whatever time is left
 if has_module pytest; then
   step tests-rest 120 "$PY" -m pytest -q -p no:cacheprovider tests -m "not cuda"
 fi
 
-# --- 7. report (table.md + plot.png from the JSON) and the summary
+# --- 8. report (table.md + plot.png from the JSON), the summary, the archive
 step report 30 "$PY" bench/report.py "$OUT"
 {
   echo "# fastclip GPU check — $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -117,5 +144,13 @@ step report 30 "$PY" bench/report.py "$OUT"
   done
   echo
   [ -f "$OUT/table.md" ] && cat "$OUT/table.md"
+  if [ -f "$OUT/logs/tune.log" ]; then
+    echo; echo "#### Launch-settings sweep (bench/tune.py; details in tune/tune.md)"; echo; echo '```'
+    tune_summary; echo '```'
+  fi
 } > "$OUT/SUMMARY.md"
 echo "== done in $(( $(date +%s) - START ))s: $OUT/SUMMARY.md"
+if [ -n "$ARCHIVE" ]; then
+  tar -czf "$ARCHIVE" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "== packed: $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
+fi
+[ -f "$OUT/logs/tune.log" ] && tune_summary

@@ -163,13 +163,24 @@ def make_grads(name: str, dtype=torch.float32, device="cpu", scale: float = 1e-2
         list[torch.nn.Parameter]: one parameter per tensor of the model, in the model's order;
         each gradient is its own allocation (as autograd makes them), seeded by the set's name.
     """
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     device = torch.device(device)
     preset = preset or default_preset(device)
+    return params_with_grads(shapes(name, preset), dtype, device, seed=f"{name}/{preset}", scale=scale)
+
+
+def params_with_grads(shape_list, dtype=torch.float32, device="cpu", seed: str = "", scale: float = 1e-2):
+    """Parameters of the given shapes whose ``.grad`` is ``randn * scale`` (seeded by ``seed``).
+
+    The factory behind :func:`make_grads`, for callers with their own shapes (``bench/tune.py
+    --smoke``).  Same conventions: fp32 random data cast to ``dtype``, one allocation per
+    gradient, parameter data a single expanded element.
+    """
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    device = torch.device(device)
     gen = torch.Generator(device=device)
-    gen.manual_seed(zlib.crc32(f"{name}/{preset}".encode()))
+    gen.manual_seed(zlib.crc32(seed.encode()))
     params = []
-    for shape in shapes(name, preset):
+    for shape in shape_list:
         # generate in fp32 (randn has no bf16 kernel on every device), then cast
         grad = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).mul_(scale).to(dtype)
         p = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device).expand(shape), requires_grad=True)

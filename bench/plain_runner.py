@@ -4,7 +4,8 @@ Runs the cases of ``cases.py`` (``clip``) or ``overhead.py`` (``overhead``) with
 (``timing.py``) and checks, and writes a JSON file in pytest-benchmark's layout (``benchmarks``
 with ``group``, ``name``, ``stats`` in seconds, ``extra_info``), rewritten after every case so an
 interrupted run keeps what it measured.  A failing case is recorded under ``failures`` and the
-run goes on; the exit status is 1 if any case failed.
+run goes on (a case that can't run here, under ``skipped`` with the reason); the exit status is
+1 if any case failed.
 
     python bench/plain_runner.py clip --json out/clip.json [--quick]
     python bench/plain_runner.py overhead --json out/overhead.json
@@ -46,6 +47,7 @@ class Recorder:
             "version": "plain_runner",
             "benchmarks": [],
             "failures": [],
+            "skipped": [],
         }
 
     def add(self, group: str, name: str, times: list[float] | None, extra: dict, iterations: int = 1,
@@ -75,8 +77,11 @@ class Recorder:
 def run_clip(rec: Recorder, device: torch.device, quick: bool) -> None:
     preset = grad_sets.default_preset(device)
     for case in cases.all_cases():
-        if cases.skip_reason(case, device):
+        reason = cases.skip_reason(case, device)
+        if reason:
             rec.total -= 1
+            rec.doc["skipped"].append({"name": case.id, "reason": reason})
+            print(f"[bench] skipped {case.id}: {reason}", flush=True)
             continue
         box = {}
 

@@ -5,6 +5,8 @@ Reads pytest-benchmark JSON (or the plain runner's, same layout): ``clip.json`` 
 
 * speedup    = torch time / fastclip time (torch = its default foreach path where the device
                has one, else the per-tensor loop);
+* vs compiled = torch.compile(clip_grad_norm_) time / fastclip time (compiled once, outside the
+               timing; its compile times get a table of their own);
 * GB/s       = bytes a clip must move / fastclip time; 3N when clipping (read for the norm,
                read + write to scale), N when no clipping is needed (N = gradient bytes);
 * % of floor = that bandwidth / the copy bandwidth measured in the same group (2N / time of a
@@ -72,8 +74,13 @@ def clip_rows(doc: dict, previous: dict | None = None, quiet: dict | None = None
             "fastclip": fc[0] if fc else None, "floor_copy": g.get("floor-copy", (None,))[0],
             "torch": torch_p[0] if torch_p else None,
             "torch_name": "foreach" if g.get("torch-foreach") else "loop",
+            "torch_compile": g.get("torch-compile", (None,))[0],
         }
         row["speedup"] = row["torch"] / row["fastclip"] if row["torch"] and row["fastclip"] else None
+        row["speedup_compiled"] = (row["torch_compile"] / row["fastclip"]
+                                   if row["torch_compile"] and row["fastclip"] else None)
+        if g.get("torch-compile"):
+            row["compile"] = {k: v for k, v in g["torch-compile"][1].items() if k.startswith("compile")}
         row["gbs"] = moved / row["fastclip"] / 1e9 if row["fastclip"] else None
         row["torch_gbs"] = moved / row["torch"] / 1e9 if row["torch"] else None
         row["copy_gbs"] = 2 * n_bytes / row["floor_copy"] / 1e9 if row["floor_copy"] else None
@@ -179,8 +186,9 @@ def _delta(now, prev):
     return "" if not now or not prev else f"{100 * (now / prev - 1):+.0f}%"
 
 
-CLIP_COLUMNS = ("set", "tensors", "M elems", "dtype", "regime", "torch ms", "torch-loop ms", "fastclip ms",
-                "speedup", "GB/s", "% floor", "torch % floor", "dev vs torch", "norm err fc/torch", "vs prev")
+CLIP_COLUMNS = ("set", "tensors", "M elems", "dtype", "regime", "torch ms", "torch-loop ms", "compiled ms",
+                "fastclip ms", "speedup", "vs compiled", "GB/s", "% floor", "torch % floor", "dev vs torch",
+                "norm err fc/torch", "vs prev")
 
 
 SLOWDOWN_COLUMNS = ("fastclip busy/quiet", "torch busy/quiet")
@@ -188,14 +196,31 @@ SLOWDOWN_COLUMNS = ("fastclip busy/quiet", "torch busy/quiet")
 
 def clip_cells(r: dict, slowdowns: bool = False) -> list[str]:
     cells = [r["set"], str(r["n_tensors"]), f"{r['numel'] / 1e6:.1f}", r["dtype"], r["regime"],
-             _ms(r["torch"]), _ms(r["torch_loop"]), _ms(r["fastclip"]), _f(r["speedup"], ".2f"),
-             _f(r["gbs"], ".1f"), _f(r["pct_floor"], ".0f"), _f(r["torch_pct_floor"], ".0f"),
+             _ms(r["torch"]), _ms(r["torch_loop"]), _ms(r.get("torch_compile")), _ms(r["fastclip"]),
+             _f(r["speedup"], ".2f"), _f(r.get("speedup_compiled"), ".2f"), _f(r["gbs"], ".1f"),
+             _f(r["pct_floor"], ".0f"), _f(r["torch_pct_floor"], ".0f"),
              _f(r.get("dev_vs_torch"), ".1e"),
              f"{_f(r.get('err_fastclip'), '.0e')} / {_f(r.get('err_torch'), '.0e')}",
              _delta(r["fastclip"], r.get("prev_fastclip"))]
     if slowdowns:
         cells += [_f(r.get("fastclip_slowdown"), ".2f"), _f(r.get("torch_slowdown"), ".2f")]
     return cells
+
+
+COMPILE_COLUMNS = ("set", "dtype", "mode", "compile s", "graphs", "cache hits")
+
+
+def compile_cells(rows: list[dict]) -> list[list[str]]:
+    """One line per (set, dtype) that has a torch.compile peer: what its one compile cost."""
+    seen, out = set(), []
+    for r in rows:
+        c = r.get("compile")
+        if c and (r["set"], r["dtype"]) not in seen:
+            seen.add((r["set"], r["dtype"]))
+            out.append([r["set"], r["dtype"], str(c.get("compile_mode", "")), _f(c.get("compile_s"), ".1f"),
+                        str(c.get("compile_graphs", "")), str(c.get("compile_cache_hits", ""))])
+    return out
+
 
 
 OVERHEAD_COLUMNS = ("tensors", "fastclip µs/call", "of which grads+route µs", "fastclip ns/tensor", "keys read by",
@@ -253,6 +278,7 @@ def build(out_dir: str, previous_path: str | None = None, note: str = "", plot: 
     columns = CLIP_COLUMNS + (SLOWDOWN_COLUMNS if slowdowns else ())
     clip_body = [clip_cells(r, slowdowns) for r in rows]
     ov_body = [overhead_cells(o) for o in ov]
+    comp_body = compile_cells(rows)
     tg_body = [[w, m, g, "yes" if ok else "**NO**"] for w, m, g, ok in tg]
     tg_text = [[w, m, g, "yes" if ok else "NO"] for w, m, g, ok in tg]
     failures = [f["name"] for d in (clip, ov_doc) if d for f in d.get("failures", [])]
@@ -262,7 +288,11 @@ def build(out_dir: str, previous_path: str | None = None, note: str = "", plot: 
           "Times are medians of synchronized calls. GB/s = bytes a clip must move (3N clipping, N not) / "
           "time; % floor = that / copy bandwidth measured in the same run (2N / copy time). "
           "dev vs torch: relative deviation of norm and sampled values from torch's result; "
-          "norm err: relative error vs a float64 reference.", ""]
+          "norm err: relative error vs a float64 reference. compiled: torch.compile(clip_grad_norm_), "
+          "compiled before timing; vs compiled = its time / fastclip's.", ""]
+    if comp_body:
+        md += ["#### torch.compile: the one compile per (set, dtype), first call", "",
+               markdown_table(COMPILE_COLUMNS, comp_body), ""]
     if ov_body:
         md += ["#### Host overhead per call (kernel execution excluded)", "", markdown_table(OVERHEAD_COLUMNS, ov_body), ""]
     if tg_body:
@@ -285,6 +315,8 @@ def build(out_dir: str, previous_path: str | None = None, note: str = "", plot: 
             md += [f"(no plot: {exc})", ""]
     markdown = "\n".join(md)
     text = [header(env, note).replace("**", ""), "", text_table(columns, clip_body)]
+    if comp_body:
+        text += ["", "torch.compile, first call (compile):", text_table(COMPILE_COLUMNS, comp_body)]
     if ov_body:
         text += ["", "host overhead per call:", text_table(OVERHEAD_COLUMNS, ov_body)]
     if tg_body:
