@@ -69,6 +69,10 @@ def variants():
                     "MAX_NORM_FROM_PTR": ptr, "UNSCALE": unscale, "P_BLOCK": p_block, **tile})
     yield ("clamp", scale_kernel._clamp_kernel,
            {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "clip_value_bits": "i64"}, dict(tile))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import inspect_agc_kernels  # AGC's two kernels (issue 12)
+
+    yield from inspect_agc_kernels.variants()
 
 
 def _cuobjdump(args, cubin: bytes) -> str:
