@@ -6,7 +6,8 @@ every gradient.  Here, per dtype:
 * unit norms: every 0-/1-D tensor in one ``torch._foreach_norm``; small tensors of 2-D and up
   (<= ``SMALL`` elements) as ``[rows, L]`` matrices concatenated per row length L, one
   ``vector_norm(dim=1)`` per distinct L; a large tensor gets one ``vector_norm`` over its
-  non-leading dims, whose cost is its bytes (any layout: channels_last, transposed);
+  non-leading dims, whose cost is its bytes (any layout: channels_last, transposed), or for
+  bf16/fp16 one per 64 K elements of whole rows upcast in a reused fp32 buffer;
 * one batch of ops over all units for ``max_norm``, the decision and the coefficients;
 * the rewrite touches only tensors with a clipping unit (on the CPU: which ones is read on the
   host, not a device sync), with one ``torch._foreach_mul_`` by per-row multipliers (1.0 on
@@ -16,7 +17,11 @@ every gradient.  Here, per dtype:
 Accuracy: fp32 accumulation (fp64 for fp64 tensors); units longer than ``LONG`` elements are
 reduced in rows of ``LONG_ROW`` and combined in float64, as ``vector_norm`` over one long
 vector loses ~1e-3 relative (DESIGN.md).  Norms, decisions and coefficients are then computed in
-fp32 (fp64), like the Triton path.
+fp32 (fp64), like the Triton path, so both backends take the same decisions (ties within ~1e-6
+relative aside).  The rescale multiplies in fp32 (fp64), except bf16 gradients: their
+coefficient is rounded to bf16 first, as timm does (the mixed-dtype in-place multiply is 4-6x
+slower on the CPU), so clipped bf16 values are within ~1.5 bf16 ulp of the float64 result
+instead of ~0.5 on the Triton path.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ._agc_units import rows_contiguous, units_of
 SMALL = 1 << 16  # tensors up to this many elements are batched by row length
 LONG = 1 << 16  # units longer than this are reduced in rows of LONG_ROW, combined in float64
 LONG_ROW = 4096
+UPCAST = 1 << 16  # elements of half-precision rows upcast at a time (256 KiB of fp32: in cache)
 
 
 def agc(work, weights: list, grads: list, clip_factor: float, eps: float, p: float, kind: int, *,
@@ -57,6 +63,10 @@ def _clip_group(ws: list, gs: list, clip_factor, eps, p, kind, device):
     clips = torch.logical_not(g_norm < max_norm)
     multiplier = torch.where(clips, max_norm / g_norm.clamp(min=1e-6), 1.0)
     shapes = [(r,) + (1,) * (g.dim() - 1) if g.dim() else () for r, g in zip(rows, gs)]
+    if gs[0].dtype == torch.bfloat16:
+        # bf16 x fp32 in place takes torch's slow mixed-dtype path (4-6x slower on the CPU); a bf16
+        # multiplier is timm's arithmetic (coefficient rounded to bf16: <= 2**-9 relative more)
+        multiplier = multiplier.to(torch.bfloat16)
     per_tensor = multiplier.split(rows)
     if device.type == "cpu":
         owner = torch.repeat_interleave(torch.arange(len(gs)), torch.tensor(rows))
@@ -74,6 +84,7 @@ def _unit_norms(tensors: list, p: float, acc: torch.dtype) -> torch.Tensor:
     """The p-norm of every unit of ``tensors`` (non-empty, one dtype), in order, as ``acc``."""
     out: list = [None] * len(tensors)
     vectors, by_len = [], {}
+    buffer: list = [None]  # one reused fp32 buffer for half-precision tensors
     for i, t in enumerate(tensors):
         rows, row_len = units_of(t)
         if row_len > LONG:
@@ -82,8 +93,10 @@ def _unit_norms(tensors: list, p: float, acc: torch.dtype) -> torch.Tensor:
             vectors.append(i)
         elif t.numel() <= SMALL:
             by_len.setdefault(row_len, []).append(i)
+        elif t.dtype == acc:
+            out[i] = torch.linalg.vector_norm(t, p, dim=tuple(range(1, t.dim())))
         else:
-            out[i] = torch.linalg.vector_norm(t, p, dim=tuple(range(1, t.dim())), dtype=acc)
+            out[i] = _upcast_row_norms(_rows_view(t, rows, row_len), p, acc, buffer)
     if vectors:
         norms = torch._foreach_norm([tensors[i] for i in vectors], p, dtype=acc)
         for i, n in zip(vectors, norms):
@@ -94,6 +107,22 @@ def _unit_norms(tensors: list, p: float, acc: torch.dtype) -> torch.Tensor:
         for i, n in zip(members, norms.split([units_of(tensors[i])[0] for i in members])):
             out[i] = n
     return torch.cat(out)
+
+
+def _upcast_row_norms(rows_2d: torch.Tensor, p: float, acc: torch.dtype, buffer: list) -> torch.Tensor:
+    """Row norms of a half-precision ``[rows, L]`` matrix through a reused fp32 buffer of whole rows.
+
+    ``vector_norm(x, dtype=float32)`` of a bf16 tensor first materialises an fp32 copy of all of
+    it (5x the time of the read on this 2-core CPU); UPCAST rows at a time stay in cache.
+    """
+    if buffer[0] is None:
+        buffer[0] = torch.empty(UPCAST, dtype=acc, device=rows_2d.device)
+    per_piece = max(1, UPCAST // rows_2d.shape[1])
+    norms = []
+    for piece in rows_2d.split(per_piece):
+        upcast = buffer[0][: piece.numel()].view(piece.shape).copy_(piece)
+        norms.append(torch.linalg.vector_norm(upcast, p, dim=1))
+    return torch.cat(norms)
 
 
 def _rows_view(t: torch.Tensor, rows: int, row_len: int) -> torch.Tensor:
