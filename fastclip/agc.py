@@ -9,8 +9,6 @@ torch ops (``fastclip._agc_torch``).  :mod:`fastclip.patch_timm` makes timm's ow
 """
 from __future__ import annotations
 
-import math
-import numbers
 import operator
 import sys
 from typing import NamedTuple
@@ -28,11 +26,9 @@ _dtype = operator.attrgetter("dtype")
 
 
 def _check_factor(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    value = _inputs.check_threshold(value, name)  # a number >= 0 (inf allowed), or a tensor
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a Python number for AGC, got a Tensor")
     return value
 
 
