@@ -123,6 +123,10 @@ def variants():
                     **scale_kernel.COMPILE_OPTIONS})
     yield ("clamp", scale_kernel._clamp_kernel,
            {"table_ptr": "*i64", "n_chunks": "i32", "n_programs": "i32", "clip_value_bits": "i64"}, dict(tile))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import inspect_agc_kernels  # AGC's two kernels (issue 12)
+
+    yield from inspect_agc_kernels.variants()
 
 
 #: Variants also compiled a dtype at a time, and the dtypes each can meet at run time.  The scale
@@ -390,6 +394,11 @@ def inspect(name, fn, signature, constexprs, cc, dump=None) -> dict:
         "local_bytes": int(local.group(1)) if local else None,
         "stack_bytes": int(stack.group(1)) if stack else None,
         "ptx_local": len(re.findall(r"\b(ld|st)\.local", ptx)),
+        # 128-bit global accesses in the PTX (v4.b32: fp32/fp16/bf16, v2.b64: fp64), whatever path
+        "ld_v4_b32": ptx.count("ld.global.v4.b32"),
+        "ld_v2_b64": ptx.count("ld.global.v2.b64"),
+        "st_v4_b32": ptx.count("st.global.v4.b32"),
+        "st_v2_b64": ptx.count("st.global.v2.b64"),
         "fma_f64": len(re.findall(r"\bfma\.rn\.f64", ptx)),
         "full_layout": full_path_layouts(compiled.asm["ttgir"]),
         **sass_numbers(parse_sass(sass, ptx)),

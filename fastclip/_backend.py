@@ -85,7 +85,7 @@ def backend_for(device: torch.device) -> "Backend":
 
 #: The operations of :class:`Backend`; tests/test_backends.py checks that every backend
 #: implements each of them with the same parameters.
-OPERATIONS = ("prepare", "total_norm", "clip", "clip_with_norm", "clamp")
+OPERATIONS = ("prepare", "total_norm", "clip", "clip_with_norm", "clamp", "agc")
 
 
 class Backend(Protocol):
@@ -128,3 +128,9 @@ class Backend(Protocol):
 
     def clamp(self, work, grads: list, clip_value: float) -> None:
         """Clamp in place to [-clip_value, clip_value]; NaN stays NaN."""
+
+    def agc(self, work, weights: list, grads: list, clip_factor: float, eps: float, p: float, kind: int, *,
+            count: bool = False):
+        """Unit-wise adaptive clipping in place (:func:`fastclip.agc_`): ``weights[i]`` is the
+        parameter whose gradient is ``grads[i]`` (same dtype and shape).  With ``count``, returns
+        an int32 tensor ``[units clipped, units with a non-finite gradient norm]`` on the device."""

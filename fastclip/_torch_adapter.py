@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _torch_backend
+from . import _agc_torch, _torch_backend
 from .kernels.launch_settings import NORM_INF
 
 name = "torch"
@@ -106,3 +106,9 @@ def clip_with_norm(work, grads: list, max_norm, norm: torch.Tensor) -> None:
 def clamp(work, grads: list, clip_value: float) -> None:
     _torch_backend.clamp_(_by_dtype(work, grads), clip_value)
 
+
+
+def agc(work, weights: list, grads: list, clip_factor: float, eps: float, p: float, kind: int, *,
+        count: bool = False):
+    """Grouped unit norms, one batch of coefficient ops, one multiply (``fastclip._agc_torch``)."""
+    return _agc_torch.agc(work, weights, grads, clip_factor, eps, p, kind, count=count)

@@ -11,6 +11,7 @@ import functools
 
 import torch
 
+from . import _agc_triton
 from ._layout import is_flat_span
 from ._plan import build_plan
 from .kernels.launch_settings import NORM_GENERAL, NORM_INF, NORM_P2, settings_for
@@ -180,3 +181,10 @@ def clamp(work, grads: list, clip_value: float) -> None:
     plan, pairs = _plan_for(work, grads)
     launch_clamp(plan.table, plan.n_chunks, clip_value, plan.settings)
     _write_back(pairs)
+
+
+@_on_work_device
+def agc(work, weights: list, grads: list, clip_factor: float, eps: float, p: float, kind: int, *,
+        count: bool = False):
+    """Two launches: per-unit power sums, then per-unit clipping (``fastclip._agc_triton``)."""
+    return _agc_triton.agc(work, weights, grads, clip_factor, eps, p, kind, count=count)
