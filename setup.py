@@ -3,8 +3,14 @@ from setuptools import setup
 # What the tests need (pip install -e ".[test]"); add new test dependencies here.  numpy < 2.4:
 # triton 3.6's interpreter (the GPU box's triton) fails on numpy 2.4 (a 1-element array no longer
 # converts to a Python int); triton 3.9 works with either.  matplotlib: the plotting helpers and
-# the examples are tested.
-TEST = ["pytest", "hypothesis", "numpy<2.4", "matplotlib"]
+# the examples are tested.  pytest-xdist: README's test command runs on every core (-n auto).
+# The trainers (tests/test_trainers.py runs them under patch_torch and with the callbacks) are
+# pinned to the versions the tests were written against; none of them pulls another torch when
+# torch is installed first.  torchtitan is not here: its requirements (wandb, datasets,
+# tensorboard, ...) are not needed to import its clipping function, so CI installs it with
+# --no-deps (README, Install).
+TRAINERS = ["transformers==5.24.0", "accelerate==1.15.0", "pytorch-lightning==2.6.6"]
+TEST = ["pytest", "pytest-xdist", "hypothesis", "numpy<2.4", "matplotlib", *TRAINERS]
 # What bench/run.py uses beyond the tests' needs (it installs what is missing itself).
 BENCH = ["pytest-benchmark", "matplotlib", "numpy<2.4"]
 

@@ -113,6 +113,8 @@ if [ -n "$SLUG" ] && [ -d "bench/results/$SLUG/history" ] && [ ! -d "$OUT/histor
 fi
 step bench-clip 200 "$PY" bench/run.py --no-install --out "$OUT" --skip-overhead
 step bench-overhead 60 "$PY" bench/run.py --no-install --out "$OUT" --skip-clip
+# AGC (issue 12): fastclip.agc_ vs timm's loop on ResNet-50 / NFNet-F0 shapes, agc_table.md
+step bench-agc 45 "$PY" bench/bench_agc.py --out "$OUT" --rounds 5
 
 # --- 6. the launch-settings sweep, only with time left (tune.py stops starting configs at its deadline)
 LEFT=$(( BUDGET - RESERVE - ($(date +%s) - START) ))
