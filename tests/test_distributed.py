@@ -448,9 +448,12 @@ def _clipper_runs(rank, make_params, local_grads, *, group=None, empty_rank=None
     launches, the partials all-reduced between them) for the policies that have one.
     """
     import fastclip
-    import fastclip._triton_backend
 
-    real = fastclip._triton_backend.clip_with_policy
+    try:
+        import fastclip._triton_backend as triton_backend
+    except ImportError:  # no triton: the torch backend's runs, which must count no fused step
+        triton_backend = None
+    real = triton_backend.clip_with_policy if triton_backend else None
     for name in policies:
         cls, kwargs = CLIPPERS[name]
         sharded, whole = getattr(fastclip, cls)(**kwargs, group=group), getattr(fastclip, cls)(**kwargs)
@@ -460,7 +463,8 @@ def _clipper_runs(rank, make_params, local_grads, *, group=None, empty_rank=None
             fused_steps.append(kwargs.get("reduce_partials") is not None)
             return real(*args, **kwargs)
 
-        fastclip._triton_backend.clip_with_policy = counting
+        if triton_backend:
+            triton_backend.clip_with_policy = counting
         try:
             for step, scale in enumerate(STEP_SCALES):
                 fulls = _step_fulls(step, scale)
@@ -481,7 +485,8 @@ def _clipper_runs(rank, make_params, local_grads, *, group=None, empty_rank=None
                 for got, want in local_grads(params, [q.grad for q in reference]):
                     _close(got, want, rtol=1e-6, atol=1e-7)
         finally:
-            fastclip._triton_backend.clip_with_policy = real
+            if triton_backend:
+                triton_backend.clip_with_policy = real
         fused = os.environ["FASTCLIP_BACKEND"] == "triton" and name != "percentile-unbounded"
         # every step of both clippers on the fused path, the sharded one with the collective
         expected = (len(STEP_SCALES), len(STEP_SCALES)) if fused else (0, 0)

@@ -15,10 +15,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import tune  # noqa: E402
 from fastclip.kernels import launch_settings  # noqa: E402
+from oracles import require_triton_on_cpu  # noqa: E402
 
-#: conftest.py switches the interpreter on wherever there is no GPU (CI); a GPU box runs the real sweep
-needs_interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                       reason="the smoke sweep runs fastclip's kernels under the Triton interpreter")
+
+
+@pytest.fixture
+def _interpreter():
+    """conftest.py switches the interpreter on wherever there is no GPU (CI); a GPU box runs the real
+    sweep.  Without triton the smoke sweep skips (fails under FASTCLIP_REQUIRE_TRITON=1)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the smoke sweep runs fastclip's kernels under the Triton interpreter")
+    require_triton_on_cpu()
+
+
+needs_interpreter = pytest.mark.usefixtures("_interpreter")
 
 
 def _doc(out) -> dict:
