@@ -48,8 +48,8 @@ def test_every_variant_compiles_for_sm80_and_sm90(report):
 
 
 def test_no_register_spills(report):
-    spilled = [(r["name"], r["sm"]) for r in report
-               if r["local_bytes"] or r["stack_bytes"] or r["ldl_stl"] or r["ptx_local"]]
+    spilled = [(r["name"], r["sm"]) for r in report if not r["name"].startswith("agc_")  # test_agc_ptx.py
+               and (r["local_bytes"] or r["stack_bytes"] or r["ldl_stl"] or r["ptx_local"])]
     assert not spilled
 
 
