@@ -6,12 +6,15 @@ its machine code (SASS, traced back to the source functions) is checked: no regi
 64 registers on sm_90 (4 programs of 8 warps per SM), and on the full-chunk path of every dtype one
 contiguous 16-byte access per thread per block, with no barrier and no shared memory.
 """
+import fcntl
 import functools
+import hashlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -20,14 +23,43 @@ from oracles import skip_or_fail
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "bench", "inspect_kernels.py")
 
 
-@functools.lru_cache(maxsize=None)
-def _report():
-    if importlib.util.find_spec("triton") is None:
-        skip_or_fail("triton is not installed")
+def _compile_report() -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, SCRIPT, "--json"], env=env, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)
+    return out.stdout
+
+
+def _sources_tag() -> str:
+    """What the report depends on: the kernels, the inspecting scripts, triton, this Python."""
+    import triton
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256(f"{triton.__version__} {sys.executable}".encode())
+    for folder, suffix in (("kernels", ".py"), ("bench", "kernels.py")):
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            if name.endswith(suffix):
+                with open(os.path.join(root, folder, name), "rb") as f:
+                    h.update(name.encode() + f.read())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _report():
+    """The report, compiled once per machine state: pytest-xdist workers (and test_agc_ptx.py on
+    another worker) share one compile through a file cache keyed by the sources and triton."""
+    if importlib.util.find_spec("triton") is None:
+        skip_or_fail("triton is not installed")
+    path = os.path.join(tempfile.gettempdir(), f"fastclip-ptx-report-{_sources_tag()}.json")
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first one's compile
+        if not os.path.exists(path):
+            text = _compile_report()
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+        with open(path) as f:
+            return json.load(f)
 
 
 @pytest.fixture(scope="module")
