@@ -10,6 +10,9 @@ Skipped when the helper isn't built (``python -m fastclip.native``), failed inst
 FASTCLIP_REQUIRE_NATIVE=1; the test of the switched-off helper runs everywhere.
 """
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -155,3 +158,18 @@ def test_malformed_calls_raise_type_errors(helper):
     with pytest.raises(TypeError):
         helper.power_sum([torch.ones(3)])
 
+
+BF16_CLIP = ("import torch, fastclip, fastclip._torch_backend as tb; "
+             "w = torch.nn.Parameter(torch.zeros(3000, dtype=torch.bfloat16)); "
+             "w.grad = torch.full((3000,), 0.5, dtype=torch.bfloat16); "
+             "print(tb._native_math() is None, round(fastclip.clip_([w], 1.0).item(), 4), w.grad[0].item())")
+
+
+def test_the_torch_path_serves_when_the_helper_is_switched_off():
+    result = subprocess.run([sys.executable, "-c", BF16_CLIP], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, FASTCLIP_NATIVE="off", FASTCLIP_BACKEND="torch"))
+    assert result.returncode == 0, result.stderr
+    norm = 0.5 * math.sqrt(3000)
+    coef = torch.tensor(1.0 / (norm + 1e-6), dtype=torch.float32)
+    expected_value = (torch.tensor([0.5], dtype=torch.bfloat16) * coef).item()
+    assert result.stdout.split() == ["True", str(round(norm, 4)), str(expected_value)]
