@@ -59,7 +59,10 @@ OWN_OP = 1 << 23
 #: orders the native helper serves (others: std::pow per element, slower than torch's rows)
 NATIVE_ORDERS = (2.0, 1.0, math.inf)
 #: with the native helper, a dtype group of up to this many elements is reduced / scaled by one
-#: C++ call on the calling thread: no items, no hand-off to the workers
+#: C++ call on the calling thread: no items, no hand-off to the workers.  One thread reads
+#: ~5 G bf16 / 3 G fp32 elements a second, so 2 M is <= ~0.7 ms; 2 000 x 512 elements, clip /
+#: no clip, fp32: 3.5 / 2.7 ms inline against 9.0 / 5.8 ms through the items (bf16: 3.6 / 1.9
+#: against 10.0 / 5.5; one core busy: 4.3 / 2.1 against 9.8 / 5.0)
 NATIVE_INLINE = 1 << 21
 
 _blocks = threading.local()  # {device: fp32 upcast block}: one per worker thread
