@@ -1,27 +1,32 @@
-r"""The optional native helper: reads the gradients of a parameter list and their cache key in C++.
+r"""The optional native helper: gradients and their cache key read in C++, and the CPU math.
 
-fastclip runs without it.  With it, the host cost of a cached Triton call falls from ~0.5 us to
-~0.06-0.08 us per tensor (measured on a busy 2-core VM, kernels stubbed: 2 000 tensors ~1.0-1.7 ms
--> 0.16-0.23 ms, 20 000 tensors ~10-18 ms -> 1.4-1.8 ms), because reading ``.grad``, address,
-size, dtype and layout of every tensor from Python is the part of a call that grows with the
-model.  Build it once per environment (needs a C++ compiler and ninja,
-takes about a minute)::
+fastclip runs without it.  With it:
+
+* the host cost of a cached Triton call falls from ~0.5 us to ~0.06-0.08 us per tensor (measured
+  on a busy 2-core VM, kernels stubbed: 2 000 tensors ~1.0-1.7 ms -> 0.16-0.23 ms, 20 000
+  tensors ~10-18 ms -> 1.4-1.8 ms), because reading ``.grad``, address, size, dtype and layout of
+  every tensor from Python is the part of a call that grows with the model
+  (``fastclip/csrc/grad_key.cpp``);
+* the CPU path reduces and scales in one pass over the memory, bf16/fp16 without an upcast copy
+  (``fastclip/csrc/cpu_math.cpp``; see ``fastclip._torch_backend``).
+
+Build it once per environment (needs a C++ compiler and ninja, takes about a minute)::
 
     python -m fastclip.native            # build, load and check it; prints where it lives
 
 It is compiled against the installed torch and stored under ``$FASTCLIP_NATIVE_DIR`` (default
-``~/.cache/fastclip/native``) in a folder named after the source, torch and Python versions, so
-a torch upgrade simply doesn't find it (fastclip falls back to Python) until it is rebuilt.
-Nothing is ever compiled implicitly.
+``~/.cache/fastclip/native``) in a folder named after the sources, the compiler flags, torch and
+Python versions, so a torch upgrade simply doesn't find it (fastclip falls back to Python) until
+it is rebuilt.  Nothing is ever compiled implicitly.
 
 ``FASTCLIP_NATIVE`` (read once, at the first call): ``auto`` (default: use it when built) or
 ``off`` (never load it).
 
-The helper (``fastclip/csrc/grad_key.cpp``) makes the same decision the Python path makes, from
-the same fields: the key of a gradient list changes whenever any gradient's address, element
-count, dtype, device, contiguity or flat-span layout changes.  Anything unusual (a tensor
-subclass such as DTensor, a sparse or nested gradient, a non-tensor item) is left to the Python
-path, which validates it and reports the problem.
+The helper makes the same decisions the Python path makes, from the same fields: the key of a
+gradient list changes whenever any gradient's address, element count, dtype, device, contiguity
+or flat-span layout changes.  Anything unusual (a tensor subclass such as DTensor, a sparse or
+nested gradient, a non-tensor item, a strided view for the math) is left to the Python path,
+which validates it and reports the problem.
 """
 from __future__ import annotations
 
@@ -29,23 +34,52 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import platform
 import sys
 
 import torch
 
 __all__ = ["module", "available", "build", "location"]
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "grad_key.cpp")
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+_SOURCES = [os.path.join(_CSRC, name) for name in ("module.cpp", "grad_key.cpp", "cpu_math.cpp")]
 _UNSET = object()
 _module = _UNSET
 
 
+def _vector_flags() -> list[str]:
+    """Compiler flags for the vector instructions of the CPU that builds (and so runs) the helper.
+
+    -mavx2 -mfma -mf16c, where the CPU has them (x86-64 Linux): AVX2 doubles the fp32 lanes that
+    SSE2 gives, F16C converts fp16 8 at a time.  Not -march=native: a build folder shared by
+    machines of one flag set (a cluster's home directory) must not hold instructions that only
+    the building CPU has; the flags are part of the build's tag, so a CPU without them never
+    finds this build and builds its own.
+    """
+    if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        except OSError:
+            flags = []
+        if {"avx2", "fma", "f16c"} <= set(flags):
+            return ["-mavx2", "-mfma", "-mf16c"]
+    return []
+
+
+def _cflags() -> list[str]:
+    # -O3: the lane loops of cpu_math.cpp are vectorised at -O3 only; never -ffast-math (it would
+    # reorder the sums and flush subnormals, which torch's own ops keep)
+    return ["-O3", *_vector_flags()]
+
+
 def _tag() -> str:
-    """What the compiled file depends on: the source, torch's build, Python's ABI."""
+    """What the compiled file depends on: the sources, the flags, torch's build, Python's ABI."""
     h = hashlib.sha256()
-    with open(_SOURCE, "rb") as f:
-        h.update(f.read())
-    for part in (torch.__version__, str(torch.version.git_version), sys.version, sys.platform,
+    for source in _SOURCES:
+        with open(source, "rb") as f:
+            h.update(f.read())
+    for part in (*_cflags(), torch.__version__, str(torch.version.git_version), sys.version, sys.platform,
                  str(torch._C._GLIBCXX_USE_CXX11_ABI) if hasattr(torch._C, "_GLIBCXX_USE_CXX11_ABI") else ""):
         h.update(part.encode())
     return h.hexdigest()[:16]
@@ -65,7 +99,7 @@ def location() -> tuple[str, str]:
 
 def _load_built():
     """The built helper, or None if it isn't built for this torch/Python (or fails its check)."""
-    if not os.path.exists(_SOURCE):
+    if not all(os.path.exists(source) for source in _SOURCES):
         return None
     folder, name = location()
     # the names torch.utils.cpp_extension.load gives the module it builds
@@ -84,7 +118,8 @@ def _load_built():
 
 
 def _self_check(mod) -> None:
-    """The loaded helper finds the gradients and notices a changed one (guards a bad build)."""
+    """The loaded helper finds the gradients, notices a changed one, and gets a norm and a scaling
+    right (guards a bad build)."""
     a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
     a.grad, b.grad = torch.ones(3), torch.ones(2)
     grads, key = mod.collect([a, b], True, ())
@@ -95,6 +130,9 @@ def _self_check(mod) -> None:
     b.grad = torch.ones(2)  # new memory
     if mod.collect([a, b], True, (key,))[1] == key:
         raise RuntimeError("native helper missed a changed gradient")
+    x = torch.tensor([3.0, -4.0], dtype=torch.bfloat16)
+    if mod.power_sum([x, torch.ones(1)], 2.0) != 26.0 or not mod.scale_([x], 0.5) or x.tolist() != [1.5, -2.0]:
+        raise RuntimeError("native helper's CPU math is wrong")
 
 
 def module():
@@ -112,7 +150,7 @@ def module():
 
 
 def available() -> bool:
-    """Whether fastclip reads gradients with the native helper in this process.
+    """Whether fastclip uses the native helper in this process.
 
     Returns:
         bool: True when :func:`module` found a working build.
@@ -145,7 +183,7 @@ def build(verbose: bool = False) -> str:
 
     folder, name = location()
     os.makedirs(folder, exist_ok=True)
-    mod = cpp_extension.load(name, [_SOURCE], build_directory=folder, extra_cflags=["-O2"], verbose=verbose)
+    mod = cpp_extension.load(name, _SOURCES, build_directory=folder, extra_cflags=_cflags(), verbose=verbose)
     _self_check(mod)
     _module = mod
     return mod.__file__

@@ -5,7 +5,9 @@ the norm of gradients of every size, dtype and layout is within 2e-5 of float64 
 tensors fall on its rows and upcast blocks (the block is made small here so that tensors span
 blocks, share blocks, and leave a zero-padded partial row); the result does not depend on the
 thread count or on other threads calling at the same time; the functions the dispatcher calls keep
-their signatures.  Oracles: ``oracles.ref_norm`` (float64) and torch.linalg.vector_norm in float64.
+their signatures.  Oracles: ``oracles.ref_norm`` (float64) and torch.linalg.vector_norm in float64;
+for the scaling, torch's own multiply.  Tests taking ``path`` run twice: on plain torch ops, and
+with the native helper's power_sum / scale_ (skipped when it isn't built).
 """
 import inspect
 import math
@@ -19,6 +21,7 @@ from fastclip import _torch_backend as tb
 from fastclip import _workers
 from fastclip._inputs import parse_norm_type
 from oracles import ref_norm
+from test_native import helper  # noqa: F401  (the fixture: the built helper, or skip)
 
 NORM_RTOL = 2e-5
 HALF = (torch.float16, torch.bfloat16)
@@ -39,16 +42,28 @@ def _assert_close_to_fp64(norm: torch.Tensor, tensors, p) -> None:
 @pytest.fixture
 def small_layout(monkeypatch):
     """Rows of 8 elements, work items of 24, upcast blocks of 40, tensors above 16 elements split
-    into items, smaller ones grouped by about 20 elements, and the worker pool used for any size: a
-    few hundred elements then cover every path (fp32/fp64 tensors of 200+ elements: one own op) (full rows, tails, items and blocks that end
-    mid-row, several items per tensor, several groups of small tensors)."""
+    into items, smaller ones grouped by about 20 elements, fp32/fp64 tensors of 200+ elements one
+    own op, and the worker pool used for any size (the native helper never inline): a few hundred
+    elements then cover every path (full rows, tails, items and blocks that end mid-row, several
+    items per tensor, several groups of small tensors)."""
     monkeypatch.setattr(tb, "ROW", 8)
     monkeypatch.setattr(tb, "ITEM", 24)
     monkeypatch.setattr(tb, "HALF_BLOCK", 40)
     monkeypatch.setattr(tb, "SMALL", 16)
     monkeypatch.setattr(tb, "SMALL_GROUP", 20)
     monkeypatch.setattr(tb, "OWN_OP", 200)
+    monkeypatch.setattr(tb, "NATIVE_INLINE", 0)
     monkeypatch.setattr(_workers, "INLINE_NUMEL", 0)
+
+
+@pytest.fixture(params=["torch ops", "native helper"])
+def path(request, monkeypatch):
+    """The two ways the backend reduces and scales on the CPU."""
+    if request.param == "torch ops":
+        monkeypatch.setattr(tb, "_native_math", lambda p=2.0: None)
+    else:
+        request.getfixturevalue("helper")
+    return request.param
 
 
 SIZES = [(), (1,), (7,), (8,), (16,), (17,), (39,), (40,), (41,), (3, 29), (123,), (5, 8), (0,), (250,)]
@@ -56,19 +71,19 @@ SIZES = [(), (1,), (7,), (8,), (16,), (17,), (39,), (40,), (41,), (3, 29), (123,
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, *HALF])
 @pytest.mark.parametrize("p", ORDERS)
-def test_norm_of_many_sizes_matches_float64_across_rows_and_blocks(small_layout, dtype, p):
+def test_norm_of_many_sizes_matches_float64_across_rows_and_blocks(small_layout, path, dtype, p):
     tensors = [torch.randn(s, dtype=torch.float64).to(dtype) for s in SIZES]
     _assert_close_to_fp64(_norm(tensors, p), tensors, p)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
-def test_mixed_dtypes_in_one_call_match_float64(small_layout, dtype):
+def test_mixed_dtypes_in_one_call_match_float64(small_layout, path, dtype):
     tensors = [torch.randn(s, dtype=torch.float64).to(d) for s in SIZES for d in (dtype, torch.float64)]
     _assert_close_to_fp64(_norm(tensors, out_dtype=torch.float64), tensors, 2.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
-def test_dense_non_contiguous_and_strided_layouts_are_reduced_exactly_once(small_layout, dtype):
+def test_dense_non_contiguous_and_strided_layouts_are_reduced_exactly_once(small_layout, path, dtype):
     base = torch.randn(6, 40, dtype=torch.float64).to(dtype)
     tensors = [base.t(),  # transposed: a flat span, read in place
                torch.randn(2, 3, 5, 7, dtype=torch.float64).to(dtype).to(memory_format=torch.channels_last),
@@ -78,7 +93,7 @@ def test_dense_non_contiguous_and_strided_layouts_are_reduced_exactly_once(small
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_long_tensor_norm_is_fp32_accurate_where_torchs_own_is_not(dtype):
+def test_long_tensor_norm_is_fp32_accurate_where_torchs_own_is_not(path, dtype):
     # 4 M elements of the real layout: torch's vector_norm accumulates without pairwise summation
     x = (torch.randn(1 << 22, dtype=torch.float64) * 1e-2).to(dtype)
     expected = ref_norm([x], 2.0)
@@ -87,7 +102,7 @@ def test_long_tensor_norm_is_fp32_accurate_where_torchs_own_is_not(dtype):
     assert abs(torch.linalg.vector_norm(x).item() - expected) > 10 * abs(ours - expected)
 
 
-def test_norm_is_bitwise_the_same_for_any_thread_count():
+def test_norm_is_bitwise_the_same_for_any_thread_count(path):
     tensors = [torch.randn(s) for s in ((1 << 20) + 5, 3000, 70_000)] + [torch.randn(50_000).bfloat16()]
     first = _norm(tensors)
     threads = torch.get_num_threads()
@@ -100,7 +115,7 @@ def test_norm_is_bitwise_the_same_for_any_thread_count():
     assert torch.equal(first, single) and torch.equal(first, again)
 
 
-def test_concurrent_calls_from_threads_each_get_their_own_result():
+def test_concurrent_calls_from_threads_each_get_their_own_result(path):
     sets = [[(torch.randn(100_000 + 1000 * i) * (i + 1)).bfloat16()] for i in range(4)]
     expected = [ref_norm(s, 2.0) for s in sets]
     results = [None] * len(sets)
@@ -118,7 +133,7 @@ def test_concurrent_calls_from_threads_each_get_their_own_result():
         assert abs(got - want) <= NORM_RTOL * want
 
 
-def test_nan_and_inf_propagate_to_the_norm(small_layout):
+def test_nan_and_inf_propagate_to_the_norm(small_layout, path):
     for bad, check in ((float("nan"), math.isnan), (float("inf"), math.isinf)):
         tensors = [torch.randn(100), torch.randn(30).bfloat16()]
         tensors[1][17] = bad
@@ -130,7 +145,7 @@ def test_empty_input_gives_a_zero_norm_of_the_requested_dtype():
     assert norm.dtype == torch.float64 and norm.item() == 0.0
 
 
-def test_scale_skips_the_write_when_nothing_needs_clipping():
+def test_scale_skips_the_write_when_nothing_needs_clipping(path):
     g = torch.randn(1000)
     before = g.clone()
     tb.scale_({g.dtype: [g]}, torch.tensor(1.0))
@@ -139,7 +154,7 @@ def test_scale_skips_the_write_when_nothing_needs_clipping():
     assert torch.equal(g, before * 0.25)
 
 
-def test_a_nan_coefficient_still_scales_as_torch_does():
+def test_a_nan_coefficient_still_scales_as_torch_does(path):
     g = torch.randn(10)
     tb.scale_({g.dtype: [g]}, torch.tensor(float("nan")))
     assert torch.isnan(g).all()
@@ -178,7 +193,7 @@ def test_the_functions_the_dispatcher_calls_keep_their_signatures():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_scale_and_clamp_cover_every_element_of_every_layout_once(small_layout, dtype):
+def test_scale_and_clamp_cover_every_element_of_every_layout_once(small_layout, path, dtype):
     base = torch.randn(6, 40, dtype=torch.float64)
     originals = [torch.randn(100, dtype=torch.float64), torch.randn(5, dtype=torch.float64),
                  base.t(), base[:, ::3], torch.randn(2, 3, 5, 7, dtype=torch.float64)]
@@ -192,3 +207,24 @@ def test_scale_and_clamp_cover_every_element_of_every_layout_once(small_layout, 
             tb.clamp_(by_dtype, 0.5)
         for t, o in zip(tensors, originals):
             assert torch.equal(t, expect(o.to(dtype))), op
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_small_work_on_the_native_path_runs_inline_and_matches_float64_and_torch(helper, monkeypatch, dtype):
+    """Up to NATIVE_INLINE elements a dtype group is one helper call on the calling thread, no
+    work items; a group with a tensor the helper can't read in place (strided with gaps) goes
+    through the items instead."""
+    item_counts = []
+    run = tb._run
+    monkeypatch.setattr(tb, "_run", lambda items, total, device: item_counts.append(len(items)) or run(items, total, device))
+    originals = [torch.randn(512, dtype=torch.float64) for _ in range(300)]
+    strided = torch.randn(7, 9, dtype=torch.float64)
+    tensors = [o.to(dtype) for o in originals] + [strided[:, ::2]]
+    expected_scaled = [t.clone().mul_(torch.tensor(0.375)) for t in tensors]
+
+    _assert_close_to_fp64(_norm(tensors, out_dtype=torch.float64), tensors, 2.0)
+    tb.scale_(tb.group_by_dtype(tensors), torch.tensor(0.375))
+
+    assert item_counts == [1, 1]  # the strided fp64 tensor only, in both passes
+    for t, e in zip(tensors, expected_scaled):
+        assert torch.equal(t, e)

@@ -78,7 +78,9 @@ PyObject* python_path() {
   return Py_BuildValue("(OO)", Py_None, Py_None);
 }
 
-PyObject* collect(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+}  // namespace
+
+PyObject* fastclip_collect(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 3 || !PyList_Check(args[0])) {
     PyErr_SetString(PyExc_TypeError, "collect(items: list, of_params: bool, candidates: tuple)");
     return nullptr;
@@ -147,20 +149,4 @@ PyObject* collect(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   Py_DECREF(grads);
   Py_DECREF(key);
   return result;
-}
-
-PyMethodDef methods[] = {
-    {"collect", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(collect)), METH_FASTCALL,
-     "collect(items, of_params, candidates) -> (grads, key) or (None, None)"},
-    {nullptr, nullptr, 0, nullptr},
-};
-
-}  // namespace
-
-#define FASTCLIP_CONCAT2(a, b) a##b
-#define FASTCLIP_CONCAT(a, b) FASTCLIP_CONCAT2(a, b)
-
-PyMODINIT_FUNC FASTCLIP_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "fastclip_native", nullptr, -1, methods};
-  return PyModule_Create(&module);
 }

@@ -1,0 +1,341 @@
+// fastclip's optional native helper, CPU math: the power sum of gradient spans and their in-place
+// scaling, at memory speed on one thread, with the GIL released.
+//
+// power_sum(tensors, p, max_numel=-1) -> float or None
+//   sum over every element x of every tensor of |x|^p (p = inf: max |x|), as a Python float.
+//   fp32/bf16/fp16 accumulate in fp32 lanes (kLanes independent sums, which the compiler turns
+//   into vector registers) over blocks of kBlock elements; each block's lanes are added in fp64.
+//   A lane sums at most kBlock / kLanes = 128 values, so the relative error of a sum of squares
+//   is below 128 * 2^-24 = 7.6e-6 in the worst case (~1e-7 for random data), the same scheme as
+//   the Triton kernel.  fp64 accumulates in fp64.  NaN propagates (also through the max).
+//   Reads 1x the bytes: 16.8 M bf16 elements in 3.1 ms on one core of a 2-core EPYC VM, where
+//   copying into an fp32 block and calling dot (the plain-PyTorch way) takes 11.9 ms.
+//
+// scale_(tensors, coef, max_numel=-1) -> bool
+//   x *= coef in place, bitwise what torch's ``x.mul_(coef_tensor)`` gives on the CPU for every
+//   non-NaN result (NaN stays NaN; torch's own NaN bits differ between its vector and scalar
+//   loops): the product in the op-math type (fp32 for fp32/bf16/fp16, the coefficient rounded
+//   to fp32 first; fp64 for fp64), rounded to nearest-even back to the storage type.  Reads and
+//   writes 1x the bytes; bumps each tensor's version counter, as an in-place torch op does.
+//
+// Both take a list of CPU tensors, each one dense span of memory (contiguous, transposed,
+// channels_last: any non-overlapping dense layout; order does not matter to a sum or a uniform
+// scale) of dtype fp32, fp64, bf16 or fp16.  Anything else in the list (a strided view with
+// gaps, another dtype or device), or more than ``max_numel`` elements in all (when >= 0), and
+// they touch nothing and return None / False: the Python caller then takes its torch path.  They
+// run on the calling thread with the GIL released: fastclip's workers (fastclip/_workers.py)
+// call them in parallel on separate items, so no OpenMP region is ever opened.
+#include <Python.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t kLanes = 32;    // fp32 accumulators: four 8-wide vector registers per sum
+constexpr int64_t kBlock = 4096;  // elements per fp32 block, folded into fp64 after each block
+
+enum class Kind { kAbsSum, kSquareSum, kMaxAbs, kPowSum };
+
+struct Span {
+  void* data;
+  int64_t numel;
+  c10::ScalarType dtype;
+};
+
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// round to nearest even, as c10::BFloat16 does; NaN stays NaN (0x7FC0)
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return f != f ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(rounded);
+}
+
+// Converts n <= kBlock elements of a half type to fp32 (fp16: vector F16C when compiled for it).
+inline void load_block(const uint16_t* x, int64_t n, float* out, c10::ScalarType dtype) {
+  if (dtype == c10::ScalarType::BFloat16) {
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = bf16_to_float(x[i]);
+    }
+    return;
+  }
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+  }
+#endif
+  for (; i < n; ++i) {
+    out[i] = static_cast<float>(c10::Half(x[i], c10::Half::from_bits()));
+  }
+}
+
+template <Kind K, typename Acc>
+inline Acc element(Acc x, Acc p) {
+  if constexpr (K == Kind::kAbsSum || K == Kind::kMaxAbs) {
+    return std::abs(x);
+  } else if constexpr (K == Kind::kSquareSum) {
+    return x * x;
+  } else {
+    return std::pow(std::abs(x), p);
+  }
+}
+
+// One block of n <= kBlock values: kLanes independent accumulators, folded in fp64.
+template <Kind K, typename Acc>
+double reduce_block(const Acc* x, int64_t n, Acc p) {
+  Acc lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) {
+    lanes[l] = 0;
+  }
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const Acc v = element<K>(x[i + l], p);
+      if constexpr (K == Kind::kMaxAbs) {
+        lanes[l] = (v > lanes[l] || v != v) ? v : lanes[l];  // NaN sticks
+      } else {
+        lanes[l] += v;
+      }
+    }
+  }
+  for (; i < n; ++i) {
+    const Acc v = element<K>(x[i], p);
+    if constexpr (K == Kind::kMaxAbs) {
+      lanes[0] = (v > lanes[0] || v != v) ? v : lanes[0];
+    } else {
+      lanes[0] += v;
+    }
+  }
+  double total = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    if constexpr (K == Kind::kMaxAbs) {
+      const double v = lanes[l];
+      total = (v > total || v != v) ? v : total;
+    } else {
+      total += static_cast<double>(lanes[l]);
+    }
+  }
+  return total;
+}
+
+inline double combine(Kind kind, double a, double b) {
+  if (kind == Kind::kMaxAbs) {
+    return (b > a || b != b) ? b : a;
+  }
+  return a + b;
+}
+
+template <Kind K>
+double reduce_span(const Span& s, double p) {
+  double total = 0.0;
+  alignas(64) float buffer[kBlock];
+  for (int64_t start = 0; start < s.numel; start += kBlock) {
+    const int64_t n = std::min(kBlock, s.numel - start);
+    double block;
+    switch (s.dtype) {
+      case c10::ScalarType::Float:
+        block = reduce_block<K, float>(static_cast<const float*>(s.data) + start, n, static_cast<float>(p));
+        break;
+      case c10::ScalarType::Double:
+        block = reduce_block<K, double>(static_cast<const double*>(s.data) + start, n, p);
+        break;
+      default:  // bf16, fp16
+        load_block(static_cast<const uint16_t*>(s.data) + start, n, buffer, s.dtype);
+        block = reduce_block<K, float>(buffer, n, static_cast<float>(p));
+    }
+    total = combine(K, total, block);
+  }
+  return total;
+}
+
+double reduce_spans(const std::vector<Span>& spans, Kind kind, double p) {
+  double total = 0.0;
+  for (const Span& s : spans) {
+    double part;
+    switch (kind) {
+      case Kind::kAbsSum: part = reduce_span<Kind::kAbsSum>(s, p); break;
+      case Kind::kSquareSum: part = reduce_span<Kind::kSquareSum>(s, p); break;
+      case Kind::kMaxAbs: part = reduce_span<Kind::kMaxAbs>(s, p); break;
+      default: part = reduce_span<Kind::kPowSum>(s, p);
+    }
+    total = combine(kind, total, part);
+  }
+  return total;
+}
+
+void scale_span(const Span& s, double coef) {
+  const float c = static_cast<float>(coef);  // torch's op-math scalar for fp32, bf16, fp16
+  switch (s.dtype) {
+    case c10::ScalarType::Float: {
+      float* x = static_cast<float*>(s.data);
+      for (int64_t i = 0; i < s.numel; ++i) {
+        x[i] *= c;
+      }
+      break;
+    }
+    case c10::ScalarType::Double: {
+      double* x = static_cast<double*>(s.data);
+      for (int64_t i = 0; i < s.numel; ++i) {
+        x[i] *= coef;
+      }
+      break;
+    }
+    case c10::ScalarType::BFloat16: {
+      uint16_t* x = static_cast<uint16_t*>(s.data);
+      for (int64_t i = 0; i < s.numel; ++i) {
+        x[i] = float_to_bf16(bf16_to_float(x[i]) * c);
+      }
+      break;
+    }
+    default: {  // fp16
+      uint16_t* x = static_cast<uint16_t*>(s.data);
+      int64_t i = 0;
+#if defined(__F16C__)
+      const __m256 vc = _mm256_set1_ps(c);
+      for (; i + 8 <= s.numel; i += 8) {
+        __m128i* at = reinterpret_cast<__m128i*>(x + i);
+        const __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(at)), vc);
+        _mm_storeu_si128(at, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+      }
+#endif
+      for (; i < s.numel; ++i) {
+        x[i] = c10::Half(static_cast<float>(c10::Half(x[i], c10::Half::from_bits())) * c).x;
+      }
+    }
+  }
+}
+
+enum class Read { kOk, kDecline, kError };
+
+// The spans of a list of tensors.  kError (a Python error set): not a list of tensors.  kDecline:
+// some tensor is not a dense CPU span of a dtype this file handles, or there are more than
+// ``max_numel`` elements (>= 0).  ``keep`` holds the tensors alive while the GIL is released.
+Read read_spans(PyObject* list, int64_t max_numel, std::vector<Span>& spans, std::vector<at::Tensor>& keep) {
+  if (!PyList_Check(list)) {
+    PyErr_SetString(PyExc_TypeError, "expected a list of tensors");
+    return Read::kError;
+  }
+  const Py_ssize_t n = PyList_GET_SIZE(list);
+  spans.reserve(n);
+  keep.reserve(n);
+  int64_t total = 0;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = PyList_GET_ITEM(list, i);
+    if (!THPVariable_Check(item)) {
+      PyErr_Format(PyExc_TypeError, "item %zd is not a tensor", i);
+      return Read::kError;
+    }
+    const at::Tensor& t = THPVariable_Unpack(item);
+    const c10::ScalarType dtype = t.scalar_type();
+    const bool floating = dtype == c10::ScalarType::Float || dtype == c10::ScalarType::Double ||
+                          dtype == c10::ScalarType::BFloat16 || dtype == c10::ScalarType::Half;
+    if (!floating || !t.device().is_cpu() || t.layout() != at::kStrided || !t.has_storage() ||
+        !t.is_non_overlapping_and_dense()) {
+      return Read::kDecline;
+    }
+    total += t.numel();
+    if (max_numel >= 0 && total > max_numel) {
+      return Read::kDecline;
+    }
+    if (t.numel() == 0) {
+      continue;
+    }
+    keep.push_back(t);
+    spans.push_back(Span{t.data_ptr(), t.numel(), dtype});
+  }
+  return Read::kOk;
+}
+
+// (tensors, number[, max_numel]) -> false with a Python error set if malformed
+bool parse_args(const char* usage, PyObject* const* args, Py_ssize_t nargs, double& number, int64_t& max_numel) {
+  if (nargs != 2 && nargs != 3) {
+    PyErr_SetString(PyExc_TypeError, usage);
+    return false;
+  }
+  number = PyFloat_AsDouble(args[1]);
+  if (number == -1.0 && PyErr_Occurred()) {
+    return false;
+  }
+  max_numel = nargs == 3 ? PyLong_AsLongLong(args[2]) : -1;
+  return !(max_numel == -1 && PyErr_Occurred());
+}
+
+}  // namespace
+
+PyObject* fastclip_power_sum(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  double p;
+  int64_t max_numel;
+  if (!parse_args("power_sum(tensors: list, p: float, max_numel: int = -1)", args, nargs, p, max_numel)) {
+    return nullptr;
+  }
+  if (!(p > 0.0)) {
+    PyErr_SetString(PyExc_ValueError, "power_sum: p must be > 0 (inf for the max)");
+    return nullptr;
+  }
+  const Kind kind = std::isinf(p) ? Kind::kMaxAbs : p == 1.0 ? Kind::kAbsSum : p == 2.0 ? Kind::kSquareSum
+                                                                                      : Kind::kPowSum;
+  std::vector<Span> spans;
+  std::vector<at::Tensor> keep;
+  double total = 0.0;
+  try {
+    const Read read = read_spans(args[0], max_numel, spans, keep);
+    if (read != Read::kOk) {
+      return read == Read::kError ? nullptr : Py_NewRef(Py_None);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    total = reduce_spans(spans, kind, p);
+    Py_END_ALLOW_THREADS
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  return PyFloat_FromDouble(total);
+}
+
+PyObject* fastclip_scale_(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  double coef;
+  int64_t max_numel;
+  if (!parse_args("scale_(tensors: list, coef: float, max_numel: int = -1)", args, nargs, coef, max_numel)) {
+    return nullptr;
+  }
+  std::vector<Span> spans;
+  std::vector<at::Tensor> keep;
+  try {
+    const Read read = read_spans(args[0], max_numel, spans, keep);
+    if (read != Read::kOk) {
+      return read == Read::kError ? nullptr : Py_NewRef(Py_False);
+    }
+    for (at::Tensor& t : keep) {  // before any write: an inference tensor raises here, as in torch
+      t.unsafeGetTensorImpl()->bump_version();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (const Span& s : spans) {
+      scale_span(s, coef);
+    }
+    Py_END_ALLOW_THREADS
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_TRUE;
+}
