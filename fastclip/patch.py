@@ -88,7 +88,6 @@ import contextlib
 import functools
 import math
 import operator
-import threading
 import types
 import warnings
 
@@ -97,6 +96,7 @@ import torch.nn.utils
 import torch.nn.utils.clip_grad
 
 from . import _inputs
+from ._attr_patch import AttributePatches
 from . import custom_op as _custom_op
 
 try:  # torch >= 2.1
@@ -111,8 +111,7 @@ _NAMES = ("clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "get_total_no
 # torch's functions as fastclip found them: what the patched functions hand over to
 _TORCH = {name: getattr(torch.nn.utils, name) for name in _NAMES if hasattr(torch.nn.utils, name)}
 
-_lock = threading.Lock()
-_originals: dict = {}  # (module, name) -> torch's object, while patched
+_patches = AttributePatches()  # torch's attributes while patched
 _handed_over = dict(_TORCH)  # name -> the function the patched one hands inputs over to
 
 _grad_of = operator.attrgetter("grad")
@@ -456,17 +455,11 @@ def patch_torch() -> list[str]:
         True
         >>> fastclip.patch.unpatch_torch()
     """
-    done = []
-    with _lock:
-        for module, name, replacement in _targets():
-            current = getattr(module, name)
-            if current is not replacement:
-                _originals[(module, name)] = current
-                if module is torch.nn.utils:
-                    _handed_over[name] = current  # e.g. another library's wrapper of torch's
-                setattr(module, name, replacement)
-            done.append(f"{module.__name__}.{name}")
-    return done
+    def hand_over_to(module, name, original):
+        if module is torch.nn.utils:
+            _handed_over[name] = original  # e.g. another library's wrapper of torch's
+
+    return _patches.apply(_targets(), hand_over_to)
 
 
 def unpatch_torch() -> None:
@@ -475,11 +468,7 @@ def unpatch_torch() -> None:
     An attribute that someone else replaced after :func:`patch_torch` is left alone. Calling it
     when nothing is patched does nothing.
     """
-    with _lock:
-        for (module, name), original in list(_originals.items()):
-            if getattr(module, name, None) is _REPLACEMENTS[name]:
-                setattr(module, name, original)
-            del _originals[(module, name)]
+    _patches.restore()
 
 
 @contextlib.contextmanager

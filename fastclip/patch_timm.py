@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import threading
+import sys
+
+from ._attr_patch import AttributePatches
 
 __all__ = ["patch_timm", "unpatch_timm", "patched_timm", "is_timm_patched", "adaptive_clip_grad"]
 
-_lock = threading.Lock()
-_originals: dict = {}  # (module, name) -> timm's object, while patched
+_patches = AttributePatches()  # timm's attributes while patched
 _NAME = "adaptive_clip_grad"
 _MODULES = ("timm.utils.agc", "timm.utils.clip_grad", "timm.utils")
 
@@ -47,23 +48,23 @@ def adaptive_clip_grad(parameters, clip_factor=0.01, eps=1e-3, norm_type=2.0):
         agc_(parameters, clip_factor, eps, norm_type)
     except (TypeError, ValueError):
         # refused before any gradient was modified: timm's own function decides (and raises its error)
-        original = _originals.get(("timm.utils.agc", _NAME))
+        original = _patches.original(sys.modules.get("timm.utils.agc"), _NAME)
         if original is None:
             raise
         original(parameters, clip_factor, eps, norm_type)
 
 
 def _targets():
-    """(module name, module) of every loaded timm module that binds ``adaptive_clip_grad``."""
+    """(module, name, replacement) for every timm module that binds ``adaptive_clip_grad``."""
     for name in _MODULES:
         module = importlib.import_module(name)
         if hasattr(module, _NAME):
-            yield name, module
+            yield module, _NAME, adaptive_clip_grad
 
 
 def is_timm_patched() -> bool:
     """True while ``timm.utils.clip_grad.adaptive_clip_grad`` is fastclip's."""
-    return ("timm.utils.clip_grad", _NAME) in _originals
+    return _patches.original(sys.modules.get("timm.utils.clip_grad"), _NAME) is not None
 
 
 def patch_timm() -> list[str]:
@@ -80,15 +81,7 @@ def patch_timm() -> list[str]:
         targets = list(_targets())
     except ImportError as exc:
         raise ImportError(f"fastclip.patch_timm needs an importable timm ({exc.__class__.__name__}: {exc})") from exc
-    done = []
-    with _lock:
-        for name, module in targets:
-            current = getattr(module, _NAME)
-            if current is not adaptive_clip_grad:
-                _originals[(name, _NAME)] = current
-                setattr(module, _NAME, adaptive_clip_grad)
-            done.append(f"{name}.{_NAME}")
-    return done
+    return _patches.apply(targets)
 
 
 def unpatch_timm() -> None:
@@ -97,14 +90,7 @@ def unpatch_timm() -> None:
     An attribute someone else replaced after :func:`patch_timm` is left alone; calling it when
     nothing is patched does nothing.
     """
-    import sys
-
-    with _lock:
-        for (name, attr), original in list(_originals.items()):
-            module = sys.modules.get(name)
-            if module is not None and getattr(module, attr, None) is adaptive_clip_grad:
-                setattr(module, attr, original)
-            del _originals[(name, attr)]
+    _patches.restore()
 
 
 @contextlib.contextmanager
