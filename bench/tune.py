@@ -16,7 +16,8 @@ in fp32 and bf16:
    of ``--rounds``, in two regimes: ``noclip`` (max_norm = 2 x the norm: the norm launch plus a
    scale launch whose programs return at once, i.e. the norm kernel) and ``clip`` (0.5 x: both
    kernels; the scale kernel is about clip - noclip).  Before each timed call, untimed: the
-   gradients are restored (clip), a buffer of max(256 MB, 4 x L2) is *read*, which evicts the
+   gradients are restored (clip), the benchmark's eviction buffer (``timing.evict_l2``: max(256 MiB,
+   4 x L2)) is *read*, which evicts the
    gradients and leaves clean lines, so every call starts from DRAM as after a backward pass
    that touched more memory than the cache (the 2 000-tensor set is 4 MB: left in L2 it would
    time the cache), and a spin kernel (``torch.cuda._sleep``) keeps the GPU busy while the host
@@ -63,6 +64,7 @@ import torch  # noqa: E402
 
 import cases  # noqa: E402
 import grad_sets  # noqa: E402
+import timing  # noqa: E402
 
 SETS = ("gpt2", "llama", "tiny2000")
 DTYPES = ("fp32", "bf16")
@@ -110,8 +112,6 @@ class CudaTimer:
         self.device = device
         props = torch.cuda.get_device_properties(device)
         self.l2_bytes = int(getattr(props, "L2_cache_size", 0) or 50 << 20)
-        self.scrub = torch.ones(max(256 << 20, 4 * self.l2_bytes) // 4, dtype=torch.float32, device=device)
-        self.sink = torch.empty((), dtype=torch.float32, device=device)
         self.sleep = getattr(torch.cuda, "_sleep", None)
         self.cycles_per_ms = self._calibrate() if self.sleep else None
 
@@ -144,7 +144,7 @@ class CudaTimer:
         for _ in range(rounds):
             if before is not None:
                 before()
-            torch.sum(self.scrub, out=self.sink)  # read-only sweep of 4 x L2: cold, clean cache
+            timing.evict_l2(self.device)  # the benchmark's read-only sweep of >= 4 x L2: cold, clean cache
             t0 = time.perf_counter()
             if spin:
                 self.sleep(spin)
