@@ -22,10 +22,11 @@ def ref_coef(max_norm: float, norm: float) -> float:
 
 
 def make_params(shapes, dtype=torch.float32, device="cpu", scale=1.0):
-    """Parameters with random (never all-zero) grads of the given shapes."""
+    """Parameters (zeros: never uninitialized memory, which may hold NaN bit patterns that a test
+    updating the parameters would compare) with random (never all-zero) grads of the given shapes."""
     params = []
     for shape in shapes:
-        p = torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device))
+        p = torch.nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
         p.grad = (torch.randn(shape, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
         params.append(p)
     return params
