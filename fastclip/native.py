@@ -7,8 +7,10 @@ fastclip runs without it.  With it:
   tensors ~10-18 ms -> 1.4-1.8 ms), because reading ``.grad``, address, size, dtype and layout of
   every tensor from Python is the part of a call that grows with the model
   (``fastclip/csrc/grad_key.cpp``);
-* the CPU path reduces and scales in one pass over the memory, bf16/fp16 without an upcast copy
-  (``fastclip/csrc/cpu_math.cpp``; see ``fastclip._torch_backend``).
+* the CPU path reduces and scales in one pass over the memory, bf16/fp16 without an upcast copy,
+  and on Linux runs large calls in torch's own OpenMP team (it is linked against the libgomp
+  torch loaded), so it uses the threads torch's ops leave spinning instead of competing with
+  them (``fastclip/csrc/cpu_math.cpp``; see ``fastclip._torch_backend``).
 
 Build it once per environment (needs a C++ compiler and ninja, takes about a minute)::
 
@@ -67,10 +69,39 @@ def _vector_flags() -> list[str]:
     return []
 
 
+def _torch_libgomp() -> str | None:
+    """The file of the libgomp that torch has loaded into this process (Linux), or None.
+
+    The helper's large calls run in torch's own OpenMP team (fastclip/csrc/cpu_math.cpp), so it
+    must be linked against this very runtime: a second libgomp would bring a second set of
+    threads that compete with torch's for the cores.  Linking the file torch loaded puts its
+    soname (``libgomp.so.1``, or a wheel's renamed ``libgomp-<hash>.so.1``) in the helper, and the
+    loader then reuses the copy that is already loaded.  Another runtime (Intel's, LLVM's) or
+    none: None, and the helper is built without OpenMP (fastclip's Python workers parallelise).
+    """
+    if not sys.platform.startswith("linux") or not torch.backends.openmp.is_available():
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if line.count(" ") >= 5 and "/libgomp" in line}
+    except OSError:
+        return None
+    paths = {p for p in paths if os.path.exists(p)}
+    return paths.pop() if len(paths) == 1 else None
+
+
+def _openmp_flags() -> tuple[list[str], list[str]]:
+    """(compiler flags, linker flags) that build the helper against torch's libgomp, or ([], [])."""
+    libgomp = _torch_libgomp()
+    if libgomp is None:
+        return [], []
+    return ["-fopenmp"], [libgomp]
+
+
 def _cflags() -> list[str]:
     # -O3: the lane loops of cpu_math.cpp are vectorised at -O3 only; never -ffast-math (it would
     # reorder the sums and flush subnormals, which torch's own ops keep)
-    return ["-O3", *_vector_flags()]
+    return ["-O3", *_vector_flags(), *_openmp_flags()[0]]
 
 
 def _tag() -> str:
@@ -79,7 +110,7 @@ def _tag() -> str:
     for source in _SOURCES:
         with open(source, "rb") as f:
             h.update(f.read())
-    for part in (*_cflags(), torch.__version__, str(torch.version.git_version), sys.version, sys.platform,
+    for part in (*_cflags(), *_openmp_flags()[1], torch.__version__, str(torch.version.git_version), sys.version, sys.platform,
                  str(torch._C._GLIBCXX_USE_CXX11_ABI) if hasattr(torch._C, "_GLIBCXX_USE_CXX11_ABI") else ""):
         h.update(part.encode())
     return h.hexdigest()[:16]
@@ -183,7 +214,8 @@ def build(verbose: bool = False) -> str:
 
     folder, name = location()
     os.makedirs(folder, exist_ok=True)
-    mod = cpp_extension.load(name, _SOURCES, build_directory=folder, extra_cflags=_cflags(), verbose=verbose)
+    mod = cpp_extension.load(name, _SOURCES, build_directory=folder, extra_cflags=_cflags(),
+                             extra_ldflags=_openmp_flags()[1], verbose=verbose)
     _self_check(mod)
     _module = mod
     return mod.__file__

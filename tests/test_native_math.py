@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -148,6 +149,105 @@ def test_more_elements_than_max_numel_are_declined_untouched(helper):
     assert helper.scale_(tensors, 0.5, 149) is False
     assert all(torch.equal(t, b) for t, b in zip(tensors, before))
     assert helper.power_sum(tensors, 2.0, 150) == pytest.approx(_fp64_power_sum(before, 2.0), rel=NORM_RTOL)
+
+
+# Calls of 2 M elements or more run in torch's OpenMP team, cut into pieces of 16 K-256 K
+# elements (runs of small tensors, or block-aligned slices of a large one); these sets cross
+# every kind of piece boundary.
+PARALLEL_SETS = {
+    "one large tensor": [(3_000_001,)],
+    "many small tensors": [(97,)] * 20_000 + [(4096,)] * 40,
+    "mixed": [(70_001,), (5,), (2_000_000,), (16_383,), (16_384,), (16_385,), (1,), (40, 6000), ()],
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", PARALLEL_SETS)
+def test_power_sum_is_bitwise_the_same_for_any_thread_count(helper, dtype, name):
+    tensors = [_values(s, dtype) for s in PARALLEL_SETS[name]]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = [helper.power_sum(tensors, p) for p in (2.0, 1.0, math.inf)]
+        torch.set_num_threads(max(threads, 2))
+        shared = [helper.power_sum(tensors, p) for p in (2.0, 1.0, math.inf)]
+    finally:
+        torch.set_num_threads(threads)
+
+    assert shared == alone
+    expected = _fp64_power_sum(tensors, 2.0)
+    assert abs(shared[0] - expected) <= NORM_RTOL * expected
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("name", PARALLEL_SETS)
+def test_a_parallel_scale_covers_every_element_once(helper, dtype, name):
+    tensors = [_values(s, dtype) for s in PARALLEL_SETS[name]]
+    expected = [t.clone().mul_(torch.tensor(0.3)) for t in tensors]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(threads, 2))
+        assert helper.scale_(tensors, 0.3) is True
+    finally:
+        torch.set_num_threads(threads)
+
+    for t, e in zip(tensors, expected):
+        _assert_same_as_torch(t, e)
+
+
+def test_calls_from_several_threads_at_once_give_each_its_own_result(helper):
+    sets = [[_values(s, torch.bfloat16) for s in PARALLEL_SETS["mixed"]] for _ in range(3)]
+    expected = [helper.power_sum(tensors, 2.0) for tensors in sets]
+    results = [None] * len(sets)
+
+    def reduce(i):
+        results[i] = [helper.power_sum(sets[i], 2.0) for _ in range(5)]
+
+    threads = [threading.Thread(target=reduce, args=(i,)) for i in range(len(sets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert results == [[e] * 5 for e in expected]
+
+
+def test_a_thread_set_to_one_torch_thread_stays_at_one(helper):
+    """fastclip's workers run single-threaded: torch.set_num_threads(1) in their thread, after
+    which the process-wide default is put back (fastclip/_workers.py).  A large call in such a
+    thread must leave its setting as it was."""
+    x = _values(1 << 22, torch.bfloat16)
+    threads = torch.get_num_threads()
+    single, default_restored, seen = threading.Event(), threading.Event(), []
+
+    def work():
+        torch.set_num_threads(1)
+        seen.append(torch.get_num_threads())  # as the workers do: torch now counts this thread as set
+        single.set()
+        default_restored.wait()
+        helper.power_sum([x], 2.0)
+        helper.scale_([x], 0.5)
+        seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=work)
+    t.start()
+    single.wait()
+    torch.set_num_threads(max(threads, 2))
+    default_restored.set()
+    t.join()
+    torch.set_num_threads(threads)
+
+    assert seen == [1, 1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not torch.backends.openmp.is_available(),
+                    reason="the helper joins torch's OpenMP team where torch runs on libgomp (Linux)")
+def test_on_linux_the_helper_runs_in_torchs_own_openmp_runtime(helper):
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        runtimes = {line.split()[-1] for line in f if "/libgomp" in line}
+
+    assert helper.openmp() is True
+    assert len(runtimes) == 1, runtimes  # no second libgomp, with threads of its own
 
 
 def test_malformed_calls_raise_type_errors(helper):

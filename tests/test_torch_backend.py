@@ -43,7 +43,8 @@ def _assert_close_to_fp64(norm: torch.Tensor, tensors, p) -> None:
 def small_layout(monkeypatch):
     """Rows of 8 elements, work items of 24, upcast blocks of 40, tensors above 16 elements split
     into items, smaller ones grouped by about 20 elements, fp32/fp64 tensors of 200+ elements one
-    own op, and the worker pool used for any size (the native helper never inline): a few hundred
+    own op, and the worker pool used for any size (the native helper called per item, never on a
+    whole group): a few hundred
     elements then cover every path (full rows, tails, items and blocks that end mid-row, several
     items per tensor, several groups of small tensors)."""
     monkeypatch.setattr(tb, "ROW", 8)
@@ -52,7 +53,7 @@ def small_layout(monkeypatch):
     monkeypatch.setattr(tb, "SMALL", 16)
     monkeypatch.setattr(tb, "SMALL_GROUP", 20)
     monkeypatch.setattr(tb, "OWN_OP", 200)
-    monkeypatch.setattr(tb, "NATIVE_INLINE", 0)
+    monkeypatch.setattr(tb, "_native_limit", lambda helper: 0)
     monkeypatch.setattr(_workers, "INLINE_NUMEL", 0)
 
 
@@ -210,21 +211,28 @@ def test_scale_and_clamp_cover_every_element_of_every_layout_once(small_layout, 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
-def test_small_work_on_the_native_path_runs_inline_and_matches_float64_and_torch(helper, monkeypatch, dtype):
-    """Up to NATIVE_INLINE elements a dtype group is one helper call on the calling thread, no
-    work items; a group with a tensor the helper can't read in place (strided with gaps) goes
-    through the items instead."""
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp helper", "serial helper"])
+def test_the_native_path_takes_each_dtype_group_in_one_call(helper, monkeypatch, dtype, openmp):
+    """A dtype group is one helper call, no work items: of any size when the helper runs in
+    torch's OpenMP team, up to NATIVE_INLINE elements when it runs on the calling thread only; a
+    group with a tensor the helper can't read in place (strided with gaps) goes through the items
+    instead.  Oracles: float64 for the norm, torch's mul_ for the scaling."""
+    monkeypatch.setattr(tb, "NATIVE_INLINE", 1 << 18)
+    monkeypatch.setattr(tb, "_native_limit", lambda h: -1 if openmp else tb.NATIVE_INLINE)
     item_counts = []
     run = tb._run
     monkeypatch.setattr(tb, "_run", lambda items, total, device: item_counts.append(len(items)) or run(items, total, device))
-    originals = [torch.randn(512, dtype=torch.float64) for _ in range(300)]
+    big = [torch.randn(300_000, dtype=torch.float64)]  # over NATIVE_INLINE
+    small = [torch.randn(512, dtype=torch.float64) for _ in range(300)]  # under it
     strided = torch.randn(7, 9, dtype=torch.float64)
-    tensors = [o.to(dtype) for o in originals] + [strided[:, ::2]]
+    tensors = [o.to(dtype) for o in big + small] + [strided[:, ::2]]
     expected_scaled = [t.clone().mul_(torch.tensor(0.375)) for t in tensors]
 
     _assert_close_to_fp64(_norm(tensors, out_dtype=torch.float64), tensors, 2.0)
     tb.scale_(tb.group_by_dtype(tensors), torch.tensor(0.375))
 
-    assert item_counts == [1, 1]  # the strided fp64 tensor only, in both passes
+    # the items of each pass: the strided fp64 tensor, and without OpenMP the group over the
+    # limit: its large tensor (one ITEM) and its small tensors (one SMALL_GROUP)
+    assert item_counts == [1 if openmp else 3] * 2
     for t, e in zip(tensors, expected_scaled):
         assert torch.equal(t, e)

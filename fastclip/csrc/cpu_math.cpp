@@ -22,17 +22,35 @@
 // channels_last: any non-overlapping dense layout; order does not matter to a sum or a uniform
 // scale) of dtype fp32, fp64, bf16 or fp16.  Anything else in the list (a strided view with
 // gaps, another dtype or device), or more than ``max_numel`` elements in all (when >= 0), and
-// they touch nothing and return None / False: the Python caller then takes its torch path.  They
-// run on the calling thread with the GIL released: fastclip's workers (fastclip/_workers.py)
-// call them in parallel on separate items, so no OpenMP region is ever opened.
+// they touch nothing and return None / False: the Python caller then takes its torch path.
+//
+// Parallelism: the spans are cut into *pieces* (runs of whole small spans, or block-aligned slices
+// of a large one) whose size depends only on the total element count.  A call of ``kParallelNumel``
+// (2 M) elements or more, built with OpenMP (``openmp()``), runs the pieces in one parallel region of
+// torch's own OpenMP team (the same libgomp, the same threads as torch's ops) and every thread
+// claims pieces one at a time from an atomic counter; smaller calls run them on the calling thread.
+// The power sum adds the pieces' partial sums in piece order afterwards, so the result is bitwise
+// the same whichever thread ran what and however many threads there are.  Why torch's team and
+// not threads of our own (fastclip/_workers.py, which the Python path still uses): after every
+// torch op libgomp's threads keep spinning for a few milliseconds (GOMP_SPINCOUNT), so threads of
+// our own shared the cores with them: one 33.6 M-element bf16 clip took 15-19 ms through our
+// workers and 12.5 ms with the spinning switched off (bench/omp_spin.py).  In torch's team, the
+// spinning threads are the ones that do the work.  Why claiming and not torch's static split: a
+// thread whose core another process has taken runs fewer pieces instead of holding up the call
+// with a fixed share (the region still ends when that thread arrives, as every torch op does).
+// The GIL is released throughout.
 #include <Python.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -41,11 +59,27 @@
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
 
 constexpr int64_t kLanes = 32;    // fp32 accumulators: four 8-wide vector registers per sum
 constexpr int64_t kBlock = 4096;  // elements per fp32 block, folded into fp64 after each block
+// A piece holds ~1/64 of a call's elements, between 16 K and 256 K: 64 pieces let a thread that
+// lost its core to another process fall behind by 1/64 of the work at most, and 256 K elements
+// (0.05-0.1 ms of one core) make the atomic claim per piece (~0.1 us) negligible.
+constexpr int64_t kMinPiece = 4 * kBlock;
+constexpr int64_t kMaxPiece = 64 * kBlock;
+constexpr int64_t kPiecesPerCall = 64;
+// Calls of fewer elements run on the calling thread.  An OpenMP region ends only when every
+// thread of the team has arrived, and on a machine where another process holds a core the
+// thread that must be woken there arrives late: a region then costs ~6-8 ms whatever its size
+// (2 000 x 512 bf16 elements, one core busy, 2-core EPYC VM: 8.0 ms per norm in the team against
+// 2-4 ms on the calling thread; quiet the team saves only ~0.5 ms there).  One thread reads
+// 2 M elements in ~0.4-0.7 ms, so from 2 M on the team's second core is worth that risk.
+constexpr int64_t kParallelNumel = 1 << 21;
 
 enum class Kind { kAbsSum, kSquareSum, kMaxAbs, kPowSum };
 
@@ -146,11 +180,11 @@ inline double combine(Kind kind, double a, double b) {
 }
 
 template <Kind K>
-double reduce_span(const Span& s, double p) {
+double reduce_range(const Span& s, int64_t offset, int64_t numel, double p) {
   double total = 0.0;
   alignas(64) float buffer[kBlock];
-  for (int64_t start = 0; start < s.numel; start += kBlock) {
-    const int64_t n = std::min(kBlock, s.numel - start);
+  for (int64_t start = offset; start < offset + numel; start += kBlock) {
+    const int64_t n = std::min(kBlock, offset + numel - start);
     double block;
     switch (s.dtype) {
       case c10::ScalarType::Float:
@@ -168,61 +202,170 @@ double reduce_span(const Span& s, double p) {
   return total;
 }
 
-double reduce_spans(const std::vector<Span>& spans, Kind kind, double p) {
-  double total = 0.0;
-  for (const Span& s : spans) {
-    double part;
-    switch (kind) {
-      case Kind::kAbsSum: part = reduce_span<Kind::kAbsSum>(s, p); break;
-      case Kind::kSquareSum: part = reduce_span<Kind::kSquareSum>(s, p); break;
-      case Kind::kMaxAbs: part = reduce_span<Kind::kMaxAbs>(s, p); break;
-      default: part = reduce_span<Kind::kPowSum>(s, p);
-    }
-    total = combine(kind, total, part);
+double reduce_range(const Span& s, int64_t offset, int64_t numel, Kind kind, double p) {
+  switch (kind) {
+    case Kind::kAbsSum: return reduce_range<Kind::kAbsSum>(s, offset, numel, p);
+    case Kind::kSquareSum: return reduce_range<Kind::kSquareSum>(s, offset, numel, p);
+    case Kind::kMaxAbs: return reduce_range<Kind::kMaxAbs>(s, offset, numel, p);
+    default: return reduce_range<Kind::kPowSum>(s, offset, numel, p);
   }
-  return total;
 }
 
-void scale_span(const Span& s, double coef) {
+// Spans [first, first + count): whole spans when count > 1, else elements [offset, offset + numel)
+// of span ``first`` (offset a multiple of kBlock, so the blocks are those of the whole span).
+struct Piece {
+  size_t first;
+  size_t count;
+  int64_t offset;
+  int64_t numel;
+};
+
+std::vector<Piece> cut_into_pieces(const std::vector<Span>& spans, int64_t total) {
+  const int64_t target = (total / kPiecesPerCall + kBlock - 1) / kBlock * kBlock;
+  const int64_t size = std::min(kMaxPiece, std::max(kMinPiece, target));
+  std::vector<Piece> pieces;
+  bool growing = false;  // the last piece is a run of whole small spans that may take more
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const int64_t n = spans[i].numel;
+    if (n >= size) {
+      for (int64_t offset = 0; offset < n; offset += size) {
+        pieces.push_back(Piece{i, 1, offset, std::min(size, n - offset)});
+      }
+      growing = false;
+    } else if (growing && pieces.back().numel + n <= size) {
+      pieces.back().count += 1;
+      pieces.back().numel += n;
+    } else {
+      pieces.push_back(Piece{i, 1, 0, n});
+      growing = true;
+    }
+  }
+  return pieces;
+}
+
+// Called by the team's first thread once it has run out of pieces: returns when every thread of
+// the team has.  libgomp's own end-of-region barrier spins on the core for milliseconds; when
+// another process holds the other core, a thread of the team still waiting for a core to start
+// on then stays queued behind that process until a scheduler tick (4 ms), and the whole call
+// with it.  Sleeping here leaves this core idle instead, and the kernel moves the queued thread
+// onto it at once (it finds no piece left and is done).
+void wait_for_team(const std::atomic<int>& finished, int team) {
+  for (int round = 0; finished.load(std::memory_order_acquire) < team; ++round) {
+    if (round < 32) {
+      std::this_thread::yield();  // the usual case: the others end their last piece within ~50 us
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+}
+
+// fn(piece index) for every piece: in torch's OpenMP team, pieces claimed one at a time, when the
+// call is large enough and torch has more than one thread here; else on the calling thread.
+template <typename F>
+void for_each_piece(int64_t count, int64_t total, const F& fn) {
+#if defined(_OPENMP)
+  // at::get_num_threads() (libtorch's, which initialises this thread's count the way torch's ops
+  // see it) and not at::internal::lazy_init_num_threads(): an inline function with a thread-local
+  // flag of its own in this library, it would reset a count torch had already set here (the
+  // single-threaded workers of fastclip/_workers.py)
+  if (total >= kParallelNumel && count > 1 && !at::in_parallel_region() && at::get_num_threads() > 1) {
+    std::atomic<int64_t> next{0};
+    std::atomic<int> finished{0};
+#pragma omp parallel
+    {
+      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < count;
+           i = next.fetch_add(1, std::memory_order_relaxed)) {
+        fn(i);
+      }
+      finished.fetch_add(1, std::memory_order_acq_rel);
+      if (omp_get_thread_num() == 0) {
+        wait_for_team(finished, omp_get_num_threads());
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < count; ++i) {
+    fn(i);
+  }
+}
+
+double reduce_spans(const std::vector<Span>& spans, int64_t total, Kind kind, double p) {
+  const std::vector<Piece> pieces = cut_into_pieces(spans, total);
+  std::vector<double> partial(pieces.size(), 0.0);
+  for_each_piece(static_cast<int64_t>(pieces.size()), total, [&](int64_t i) {
+    const Piece& piece = pieces[i];
+    if (piece.count == 1) {
+      partial[i] = reduce_range(spans[piece.first], piece.offset, piece.numel, kind, p);
+      return;
+    }
+    double sum = 0.0;
+    for (size_t j = piece.first; j < piece.first + piece.count; ++j) {
+      sum = combine(kind, sum, reduce_range(spans[j], 0, spans[j].numel, kind, p));
+    }
+    partial[i] = sum;
+  });
+  double result = 0.0;
+  for (const double part : partial) {  // in piece order: the same bits for any thread count
+    result = combine(kind, result, part);
+  }
+  return result;
+}
+
+void scale_range(const Span& s, int64_t offset, int64_t numel, double coef) {
   const float c = static_cast<float>(coef);  // torch's op-math scalar for fp32, bf16, fp16
   switch (s.dtype) {
     case c10::ScalarType::Float: {
-      float* x = static_cast<float*>(s.data);
-      for (int64_t i = 0; i < s.numel; ++i) {
+      float* x = static_cast<float*>(s.data) + offset;
+      for (int64_t i = 0; i < numel; ++i) {
         x[i] *= c;
       }
       break;
     }
     case c10::ScalarType::Double: {
-      double* x = static_cast<double*>(s.data);
-      for (int64_t i = 0; i < s.numel; ++i) {
+      double* x = static_cast<double*>(s.data) + offset;
+      for (int64_t i = 0; i < numel; ++i) {
         x[i] *= coef;
       }
       break;
     }
     case c10::ScalarType::BFloat16: {
-      uint16_t* x = static_cast<uint16_t*>(s.data);
-      for (int64_t i = 0; i < s.numel; ++i) {
+      uint16_t* x = static_cast<uint16_t*>(s.data) + offset;
+      for (int64_t i = 0; i < numel; ++i) {
         x[i] = float_to_bf16(bf16_to_float(x[i]) * c);
       }
       break;
     }
     default: {  // fp16
-      uint16_t* x = static_cast<uint16_t*>(s.data);
+      uint16_t* x = static_cast<uint16_t*>(s.data) + offset;
       int64_t i = 0;
 #if defined(__F16C__)
       const __m256 vc = _mm256_set1_ps(c);
-      for (; i + 8 <= s.numel; i += 8) {
+      for (; i + 8 <= numel; i += 8) {
         __m128i* at = reinterpret_cast<__m128i*>(x + i);
         const __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(at)), vc);
         _mm_storeu_si128(at, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
       }
 #endif
-      for (; i < s.numel; ++i) {
+      for (; i < numel; ++i) {
         x[i] = c10::Half(static_cast<float>(c10::Half(x[i], c10::Half::from_bits())) * c).x;
       }
     }
   }
+}
+
+void scale_spans(const std::vector<Span>& spans, int64_t total, double coef) {
+  const std::vector<Piece> pieces = cut_into_pieces(spans, total);
+  for_each_piece(static_cast<int64_t>(pieces.size()), total, [&](int64_t i) {
+    const Piece& piece = pieces[i];
+    if (piece.count == 1) {
+      scale_range(spans[piece.first], piece.offset, piece.numel, coef);
+      return;
+    }
+    for (size_t j = piece.first; j < piece.first + piece.count; ++j) {
+      scale_range(spans[j], 0, spans[j].numel, coef);
+    }
+  });
 }
 
 enum class Read { kOk, kDecline, kError };
@@ -230,7 +373,8 @@ enum class Read { kOk, kDecline, kError };
 // The spans of a list of tensors.  kError (a Python error set): not a list of tensors.  kDecline:
 // some tensor is not a dense CPU span of a dtype this file handles, or there are more than
 // ``max_numel`` elements (>= 0).  ``keep`` holds the tensors alive while the GIL is released.
-Read read_spans(PyObject* list, int64_t max_numel, std::vector<Span>& spans, std::vector<at::Tensor>& keep) {
+Read read_spans(PyObject* list, int64_t max_numel, std::vector<Span>& spans, std::vector<at::Tensor>& keep,
+                int64_t& total) {
   if (!PyList_Check(list)) {
     PyErr_SetString(PyExc_TypeError, "expected a list of tensors");
     return Read::kError;
@@ -238,7 +382,7 @@ Read read_spans(PyObject* list, int64_t max_numel, std::vector<Span>& spans, std
   const Py_ssize_t n = PyList_GET_SIZE(list);
   spans.reserve(n);
   keep.reserve(n);
-  int64_t total = 0;
+  total = 0;
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* item = PyList_GET_ITEM(list, i);
     if (!THPVariable_Check(item)) {
@@ -296,20 +440,21 @@ PyObject* fastclip_power_sum(PyObject* /*self*/, PyObject* const* args, Py_ssize
                                                                                       : Kind::kPowSum;
   std::vector<Span> spans;
   std::vector<at::Tensor> keep;
-  double total = 0.0;
+  int64_t numel = 0;
+  double result = 0.0;
   try {
-    const Read read = read_spans(args[0], max_numel, spans, keep);
+    const Read read = read_spans(args[0], max_numel, spans, keep, numel);
     if (read != Read::kOk) {
       return read == Read::kError ? nullptr : Py_NewRef(Py_None);
     }
     Py_BEGIN_ALLOW_THREADS
-    total = reduce_spans(spans, kind, p);
+    result = reduce_spans(spans, numel, kind, p);
     Py_END_ALLOW_THREADS
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
   }
-  return PyFloat_FromDouble(total);
+  return PyFloat_FromDouble(result);
 }
 
 PyObject* fastclip_scale_(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
@@ -320,8 +465,9 @@ PyObject* fastclip_scale_(PyObject* /*self*/, PyObject* const* args, Py_ssize_t 
   }
   std::vector<Span> spans;
   std::vector<at::Tensor> keep;
+  int64_t numel = 0;
   try {
-    const Read read = read_spans(args[0], max_numel, spans, keep);
+    const Read read = read_spans(args[0], max_numel, spans, keep, numel);
     if (read != Read::kOk) {
       return read == Read::kError ? nullptr : Py_NewRef(Py_False);
     }
@@ -329,13 +475,23 @@ PyObject* fastclip_scale_(PyObject* /*self*/, PyObject* const* args, Py_ssize_t 
       t.unsafeGetTensorImpl()->bump_version();
     }
     Py_BEGIN_ALLOW_THREADS
-    for (const Span& s : spans) {
-      scale_span(s, coef);
-    }
+    scale_spans(spans, numel, coef);
     Py_END_ALLOW_THREADS
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
   }
   Py_RETURN_TRUE;
+}
+
+PyObject* fastclip_openmp(PyObject* /*self*/, PyObject* const* /*args*/, Py_ssize_t nargs) {
+  if (nargs != 0) {
+    PyErr_SetString(PyExc_TypeError, "openmp() takes no arguments");
+    return nullptr;
+  }
+#if defined(_OPENMP)
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
 }

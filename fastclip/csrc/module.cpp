@@ -6,6 +6,7 @@
 PyObject* fastclip_collect(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 PyObject* fastclip_power_sum(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 PyObject* fastclip_scale_(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+PyObject* fastclip_openmp(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 
 namespace {
 
@@ -21,6 +22,8 @@ PyMethodDef methods[] = {
      "power_sum(tensors, p, max_numel=-1) -> float or None: sum of |x|^p over dense CPU tensors (p = inf: max |x|)"},
     {"scale_", fastcall<fastclip_scale_>(), METH_FASTCALL,
      "scale_(tensors, coef, max_numel=-1) -> bool: x *= coef in place, bitwise as torch's mul_ by a tensor"},
+    {"openmp", fastcall<fastclip_openmp>(), METH_FASTCALL,
+     "openmp() -> bool: whether large power_sum / scale_ calls run in torch's OpenMP team"},
     {nullptr, nullptr, 0, nullptr},
 };
 
