@@ -1,5 +1,9 @@
 """CPU parallelism for the plain-PyTorch path that does not stall when another process takes a core.
 
+Used where the native helper does not run the work in torch's OpenMP team itself (see
+``fastclip/csrc/cpu_math.cpp``): without the helper, with a helper built without OpenMP, and for
+tensors it can't read in place.
+
 torch parallelises one op at a time: every op on more than 32 K elements is an OpenMP parallel
 region with a static split, and it ends only when each intra-op thread has done its share.  When
 another process keeps a core busy, the thread on that core gets a time slice only now and then,
