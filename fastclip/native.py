@@ -90,49 +90,61 @@ def _torch_libgomp() -> str | None:
     return paths.pop() if len(paths) == 1 else None
 
 
-def _openmp_flags() -> tuple[list[str], list[str]]:
-    """(compiler flags, linker flags) that build the helper against torch's libgomp, or ([], [])."""
-    libgomp = _torch_libgomp()
-    if libgomp is None:
-        return [], []
-    return ["-fopenmp"], [libgomp]
-
-
-def _cflags() -> list[str]:
+def _flags(openmp: bool) -> tuple[list[str], list[str]]:
+    """(compiler flags, linker flags) of a build, with torch's OpenMP runtime or without."""
     # -O3: the lane loops of cpu_math.cpp are vectorised at -O3 only; never -ffast-math (it would
     # reorder the sums and flush subnormals, which torch's own ops keep)
-    return ["-O3", *_vector_flags(), *_openmp_flags()[0]]
+    cflags, ldflags = ["-O3", *_vector_flags()], []
+    libgomp = _torch_libgomp() if openmp else None
+    if libgomp is not None:
+        cflags.append("-fopenmp")
+        ldflags.append(libgomp)
+    return cflags, ldflags
 
 
-def _tag() -> str:
+def _tag(openmp: bool) -> str:
     """What the compiled file depends on: the sources, the flags, torch's build, Python's ABI."""
     h = hashlib.sha256()
     for source in _SOURCES:
         with open(source, "rb") as f:
             h.update(f.read())
-    for part in (*_cflags(), *_openmp_flags()[1], torch.__version__, str(torch.version.git_version), sys.version, sys.platform,
+    cflags, ldflags = _flags(openmp)
+    for part in (*cflags, *ldflags, torch.__version__, str(torch.version.git_version), sys.version, sys.platform,
                  str(torch._C._GLIBCXX_USE_CXX11_ABI) if hasattr(torch._C, "_GLIBCXX_USE_CXX11_ABI") else ""):
         h.update(part.encode())
     return h.hexdigest()[:16]
 
 
-def location() -> tuple[str, str]:
+def location(openmp: bool = True) -> tuple[str, str]:
     """Where the helper for this source, torch and Python lives.
+
+    Args:
+        openmp (bool, optional): the build that runs in torch's OpenMP team (where torch has
+            libgomp loaded; elsewhere both builds are the same), or the one without, which
+            ``build`` falls back to when the compiler can't do OpenMP. Default: True
 
     Returns:
         tuple[str, str]: (build folder, module name); the module file is ``<name>.so`` in it.
     """
     root = os.environ.get("FASTCLIP_NATIVE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastclip", "native")
-    tag = _tag()
+    tag = _tag(openmp)
     return os.path.join(root, tag), f"fastclip_native_{tag}"
 
 
 def _load_built():
-    """The built helper, or None if it isn't built for this torch/Python (or fails its check)."""
+    """The built helper (the OpenMP build first), or None if neither is built for this
+    torch/Python (or they fail their check)."""
     if not all(os.path.exists(source) for source in _SOURCES):
         return None
-    folder, name = location()
+    for openmp in (True, False):
+        mod = _load_file(*location(openmp))
+        if mod is not None:
+            return mod
+    return None
+
+
+def _load_file(folder: str, name: str):
     # the names torch.utils.cpp_extension.load gives the module it builds
     path = next((p for p in (os.path.join(folder, name + ext) for ext in (".so", ".pyd")) if os.path.exists(p)), None)
     if path is None:
@@ -205,20 +217,37 @@ def build(verbose: bool = False) -> str:
     Returns:
         str: the path of the built module.
 
+    Where torch runs on libgomp it first builds the helper with OpenMP (large CPU calls in torch's
+    own team); if that fails (a compiler without OpenMP support), it says so on stderr and builds
+    it without.
+
     Raises:
         RuntimeError (or the compiler's error): the build failed, or the built module failed its
         check; fastclip keeps using the Python path.
     """
     global _module
-    from torch.utils import cpp_extension
-
-    folder, name = location()
-    os.makedirs(folder, exist_ok=True)
-    mod = cpp_extension.load(name, _SOURCES, build_directory=folder, extra_cflags=_cflags(),
-                             extra_ldflags=_openmp_flags()[1], verbose=verbose)
-    _self_check(mod)
+    try:
+        mod = _compile(openmp=True, verbose=verbose)
+    except Exception as error:  # e.g. a compiler without OpenMP support: the helper still helps
+        if _torch_libgomp() is None:
+            raise
+        print(f"fastclip: building the native helper with OpenMP failed ({type(error).__name__}); "
+              "building it without (large CPU calls then use fastclip's worker threads)", file=sys.stderr)
+        mod = _compile(openmp=False, verbose=verbose)
     _module = mod
     return mod.__file__
+
+
+def _compile(openmp: bool, verbose: bool):
+    from torch.utils import cpp_extension
+
+    folder, name = location(openmp)
+    os.makedirs(folder, exist_ok=True)
+    cflags, ldflags = _flags(openmp)
+    mod = cpp_extension.load(name, _SOURCES, build_directory=folder, extra_cflags=cflags, extra_ldflags=ldflags,
+                             verbose=verbose)
+    _self_check(mod)
+    return mod
 
 
 def _main() -> int:

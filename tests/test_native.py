@@ -9,6 +9,7 @@ everywhere.
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -151,3 +152,55 @@ def test_a_broken_build_is_ignored(tmp_path):
     code = ("import os, fastclip.native as n; folder, name = n.location(); os.makedirs(folder); "
             "open(os.path.join(folder, name + '.so'), 'w').write('not a library'); " + CLIP_ONCE)
     assert _run(code, FASTCLIP_NATIVE_DIR=str(tmp_path)) == "False 5.0"
+
+
+def test_a_failed_openmp_build_falls_back_to_a_build_without(monkeypatch, capsys):
+    """A compiler that can't do OpenMP must not cost the user the helper: build() says so and
+    builds it without (the loader then finds that build, see the next test)."""
+    import fastclip.native as native
+
+    calls = []
+
+    def compile_(openmp, verbose):
+        calls.append(openmp)
+        if openmp:
+            raise RuntimeError("cc1plus: error: unrecognized command-line option '-fopenmp'")
+        return types.SimpleNamespace(__file__="/built/without-openmp.so")
+
+    monkeypatch.setattr(native, "_compile", compile_)
+    monkeypatch.setattr(native, "_torch_libgomp", lambda: "/torch/lib/libgomp.so.1")
+    monkeypatch.setattr(native, "_module", native._UNSET)
+
+    assert native.build() == "/built/without-openmp.so"
+    assert calls == [True, False]
+    assert "building it without" in capsys.readouterr().err
+
+
+def test_a_failed_build_without_openmp_to_fall_back_from_raises(monkeypatch):
+    import fastclip.native as native
+
+    def compile_(openmp, verbose):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(native, "_compile", compile_)
+    monkeypatch.setattr(native, "_torch_libgomp", lambda: None)
+    monkeypatch.setattr(native, "_module", native._UNSET)
+
+    with pytest.raises(RuntimeError, match="no compiler"):
+        native.build()
+
+
+def test_the_loader_prefers_the_openmp_build_and_else_takes_the_other(monkeypatch, tmp_path):
+    import fastclip.native as native
+
+    monkeypatch.setenv("FASTCLIP_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_torch_libgomp", lambda: "/torch/lib/libgomp.so.1")
+    with_openmp, without = native.location(True), native.location(False)
+    assert with_openmp != without
+    built = {}
+    monkeypatch.setattr(native, "_load_file", lambda folder, name: built.get((folder, name)))
+
+    built[without] = "module without OpenMP"
+    assert native._load_built() == "module without OpenMP"
+    built[with_openmp] = "module with OpenMP"
+    assert native._load_built() == "module with OpenMP"
