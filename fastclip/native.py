@@ -137,8 +137,9 @@ def _load_built():
     torch/Python (or they fail their check)."""
     if not all(os.path.exists(source) for source in _SOURCES):
         return None
-    for openmp in (True, False):
-        mod = _load_file(*location(openmp))
+    places = [location(True), location(False)]  # the same place where torch has no libgomp
+    for place in dict.fromkeys(places):
+        mod = _load_file(*place)
         if mod is not None:
             return mod
     return None

@@ -267,19 +267,26 @@ void for_each_piece(int64_t count, int64_t total, const F& fn) {
   }
 }
 
+// fn(span, offset, numel) for each stretch of memory a piece covers, in order.
+template <typename F>
+void each_range(const Piece& piece, const std::vector<Span>& spans, const F& fn) {
+  if (piece.count == 1) {
+    fn(spans[piece.first], piece.offset, piece.numel);
+    return;
+  }
+  for (size_t j = piece.first; j < piece.first + piece.count; ++j) {
+    fn(spans[j], 0, spans[j].numel);
+  }
+}
+
 double reduce_spans(const std::vector<Span>& spans, int64_t total, Kind kind, double p) {
   const std::vector<Piece> pieces = cut_into_pieces(spans, total);
   std::vector<double> partial(pieces.size(), 0.0);
   for_each_piece(static_cast<int64_t>(pieces.size()), total, [&](int64_t i) {
-    const Piece& piece = pieces[i];
-    if (piece.count == 1) {
-      partial[i] = reduce_range(spans[piece.first], piece.offset, piece.numel, kind, p);
-      return;
-    }
     double sum = 0.0;
-    for (size_t j = piece.first; j < piece.first + piece.count; ++j) {
-      sum = combine(kind, sum, reduce_range(spans[j], 0, spans[j].numel, kind, p));
-    }
+    each_range(pieces[i], spans, [&](const Span& s, int64_t offset, int64_t numel) {
+      sum = combine(kind, sum, reduce_range(s, offset, numel, kind, p));
+    });
     partial[i] = sum;
   });
   double result = 0.0;
@@ -334,14 +341,9 @@ void scale_range(const Span& s, int64_t offset, int64_t numel, double coef) {
 void scale_spans(const std::vector<Span>& spans, int64_t total, double coef) {
   const std::vector<Piece> pieces = cut_into_pieces(spans, total);
   for_each_piece(static_cast<int64_t>(pieces.size()), total, [&](int64_t i) {
-    const Piece& piece = pieces[i];
-    if (piece.count == 1) {
-      scale_range(spans[piece.first], piece.offset, piece.numel, coef);
-      return;
-    }
-    for (size_t j = piece.first; j < piece.first + piece.count; ++j) {
-      scale_range(spans[j], 0, spans[j].numel, coef);
-    }
+    each_range(pieces[i], spans, [&](const Span& s, int64_t offset, int64_t numel) {
+      scale_range(s, offset, numel, coef);
+    });
   });
 }
 
