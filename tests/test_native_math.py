@@ -100,7 +100,7 @@ def test_power_sum_rejects_orders_that_are_not_norms(helper):
 def test_scale_is_bitwise_torchs_mul_by_the_coefficient_tensor(helper, dtype, coef_dtype):
     base = _values(70_003, dtype, 100.0)
     base[:6] = torch.tensor([float("nan"), float("inf"), float("-inf"), 1e-7, -0.0, 6e-5], dtype=torch.float64)
-    for value in (0.375, 8e-6, 0.999999, 1e-30, 3.0, float("nan")):
+    for value in (0.375, 8e-6, 0.999999, 1e-30, 3.0, 0.0, float("nan")):  # 0: inf * 0 is NaN
         coef = torch.tensor(value, dtype=coef_dtype)
         ours, theirs = base.clone(), base.clone()
 
