@@ -22,7 +22,8 @@ are fixed here:
   torch's libgomp (Linux), it takes each dtype group in one call and runs it in torch's own
   OpenMP team, pieces claimed one at a time: the threads torch's last op left spinning do the
   work instead of competing with ours (one 33.6 M-element bf16 clip, quiet: 8.2 ms, torch
-  10.9 ms; through the workers below it was 15-19 ms).  Without OpenMP, a dtype group of up to
+  10.9 ms; through the workers below it was 15-19 ms).  Where the calling thread alone measures
+  faster (a core taken by another process), it runs there (fastclip/csrc/team_choice.cpp).  Without OpenMP, a dtype group of up to
   ``NATIVE_INLINE`` elements is one call on the calling thread and larger ones are items for
   the workers, the helper called per item with the GIL released.  Anything the helper can't
   read in place (a strided view) it declines, and the torch ops below serve it.

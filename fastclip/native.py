@@ -38,13 +38,14 @@ import importlib.util
 import os
 import platform
 import sys
+import warnings
 
 import torch
 
 __all__ = ["module", "available", "build", "location"]
 
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-_SOURCES = [os.path.join(_CSRC, name) for name in ("module.cpp", "grad_key.cpp", "cpu_math.cpp")]
+_SOURCES = [os.path.join(_CSRC, name) for name in ("module.cpp", "grad_key.cpp", "cpu_math.cpp", "team_choice.cpp")]
 _UNSET = object()
 _module = _UNSET
 
@@ -190,7 +191,26 @@ def module():
     if _module is _UNSET:
         setting = os.environ.get("FASTCLIP_NATIVE", "auto").strip().lower()
         _module = None if setting in ("off", "0", "false", "no") else _load_built()
+        if _module is None and setting not in ("off", "0", "false", "no"):
+            _warn_if_built_for_another_version()
     return _module
+
+
+def _warn_if_built_for_another_version() -> None:
+    """A helper built for other sources, torch or Python is never loaded; say so once, since
+    the Python path it leaves is several times slower on the CPU (an upgrade of fastclip or
+    torch is the usual cause)."""
+    own = {location(True)[0], location(False)[0]}
+    root = os.path.dirname(location(True)[0])
+    try:
+        others = [entry for entry in os.scandir(root) if entry.path not in own and entry.is_dir() and any(
+            name.startswith("fastclip_native_") and name.endswith((".so", ".pyd")) for name in os.listdir(entry.path))]
+    except OSError:
+        return
+    if others:
+        warnings.warn(f"fastclip: the native helper in {root} was built for another version of fastclip, torch "
+                      "or Python, so the slower Python path serves; rebuild it with: python -m fastclip.native",
+                      RuntimeWarning, stacklevel=3)
 
 
 def available() -> bool:

@@ -147,6 +147,29 @@ def test_fastclip_runs_without_the_helper_when_none_is_built(tmp_path):
     assert _run(CLIP_ONCE, FASTCLIP_NATIVE_DIR=str(tmp_path)) == "False 5.0"
 
 
+def _stderr_of_clip_once(native_dir) -> str:
+    result = subprocess.run([sys.executable, "-c", CLIP_ONCE], env=dict(os.environ, FASTCLIP_NATIVE_DIR=str(native_dir)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False 5.0"
+    return result.stderr
+
+
+def test_a_helper_built_only_for_another_version_is_reported(tmp_path):
+    """After an upgrade of fastclip or torch the old build is never loaded: the user is told to rebuild."""
+    old = tmp_path / "0123456789abcdef"
+    old.mkdir()
+    (old / "fastclip_native_0123456789abcdef.so").write_text("an old build")
+
+    stderr = _stderr_of_clip_once(tmp_path)
+
+    assert "built for another version" in stderr and "python -m fastclip.native" in stderr
+
+
+def test_no_helper_built_at_all_is_not_reported(tmp_path):
+    assert "native helper" not in _stderr_of_clip_once(tmp_path)
+
+
 def test_a_broken_build_is_ignored(tmp_path):
     """A file where the helper should be that isn't a loadable module: fastclip falls back."""
     code = ("import os, fastclip.native as n; folder, name = n.location(); os.makedirs(folder); "

@@ -9,6 +9,7 @@ touching it, so the Python path takes over.
 Skipped when the helper isn't built (``python -m fastclip.native``), failed instead under
 FASTCLIP_REQUIRE_NATIVE=1; the test of the switched-off helper runs everywhere.
 """
+import contextlib
 import math
 import os
 import subprocess
@@ -25,6 +26,16 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 ORDERS = (1.0, 2.0, 3.0, math.inf)
 # around the helper's fp32 blocks (4096 elements) and lanes (32), and a long one
 SIZES = ((), (1,), (31,), (32,), (33,), (4095,), (4096,), (4097,), (3, 1000), (0,), (70_001,))
+
+
+@contextlib.contextmanager
+def team_mode(helper, mode: str):
+    """Large calls forced into torch's OpenMP team ("team") or onto the calling thread ("caller")."""
+    previous = helper.team_choice(mode)
+    try:
+        yield
+    finally:
+        helper.team_choice(previous)
 
 
 def _values(shape, dtype, scale=1.0):
@@ -151,9 +162,9 @@ def test_more_elements_than_max_numel_are_declined_untouched(helper):
     assert helper.power_sum(tensors, 2.0, 150) == pytest.approx(_fp64_power_sum(before, 2.0), rel=NORM_RTOL)
 
 
-# Calls of 2 M elements or more run in torch's OpenMP team, cut into pieces of 16 K-256 K
-# elements (runs of small tensors, or block-aligned slices of a large one); these sets cross
-# every kind of piece boundary.
+# Calls of 2 M elements or more may run in torch's OpenMP team (team_choice.cpp decides; these
+# tests force it), cut into pieces of 16 K-256 K elements (runs of small tensors, or
+# block-aligned slices of a large one); these sets cross every kind of piece boundary.
 PARALLEL_SETS = {
     "one large tensor": [(3_000_001,)],
     "many small tensors": [(97,)] * 20_000 + [(4096,)] * 40,
@@ -170,11 +181,15 @@ def test_power_sum_is_bitwise_the_same_for_any_thread_count(helper, dtype, name)
         torch.set_num_threads(1)
         alone = [helper.power_sum(tensors, p) for p in (2.0, 1.0, math.inf)]
         torch.set_num_threads(max(threads, 2))
-        shared = [helper.power_sum(tensors, p) for p in (2.0, 1.0, math.inf)]
+        with team_mode(helper, "team"):
+            shared = [helper.power_sum(tensors, p) for p in (2.0, 1.0, math.inf)]
+        with team_mode(helper, "caller"):
+            caller = [helper.power_sum(tensors, p) for p in (2.0, 1.0, math.inf)]
     finally:
         torch.set_num_threads(threads)
 
     assert shared == alone
+    assert caller == alone
     expected = _fp64_power_sum(tensors, 2.0)
     assert abs(shared[0] - expected) <= NORM_RTOL * expected
 
@@ -187,7 +202,8 @@ def test_a_parallel_scale_covers_every_element_once(helper, dtype, name):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(max(threads, 2))
-        assert helper.scale_(tensors, 0.3) is True
+        with team_mode(helper, "team"):
+            assert helper.scale_(tensors, 0.3) is True
     finally:
         torch.set_num_threads(threads)
 

@@ -28,7 +28,10 @@
 // of a large one) whose size depends only on the total element count.  A call of ``kParallelNumel``
 // (2 M) elements or more, built with OpenMP (``openmp()``), runs the pieces in one parallel region of
 // torch's own OpenMP team (the same libgomp, the same threads as torch's ops) and every thread
-// claims pieces one at a time from an atomic counter; smaller calls run them on the calling thread.
+// claims pieces one at a time from an atomic counter, or on the calling thread alone when that
+// measured faster for this kind of call (team_choice.cpp: with a core taken by a process of
+// another session, one thread is about twice as fast as the team); smaller calls run them on the
+// calling thread.
 // The power sum adds the pieces' partial sums in piece order afterwards, so the result is bitwise
 // the same whichever thread ran what and however many threads there are.  Why torch's team and
 // not threads of our own (fastclip/_workers.py, which the Python path still uses): after every
@@ -43,6 +46,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -61,6 +65,17 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define FASTCLIP_AVX2 1
 #endif
+
+namespace fastclip {  // team_choice.cpp
+
+struct TeamPick {
+  bool team;
+  bool probe;
+};
+TeamPick pick_team(int kind);
+void record_team(int kind, TeamPick used, double seconds, int64_t numel);
+
+}  // namespace fastclip
 
 namespace {
 
@@ -312,33 +327,55 @@ std::vector<Piece> cut_into_pieces(const std::vector<Span>& spans, int64_t total
   return pieces;
 }
 
-// fn(piece index) for every piece: in torch's OpenMP team, pieces claimed one at a time, when the
-// call is large enough and torch has more than one thread here; else on the calling thread.
 template <typename F>
-void for_each_piece(int64_t count, int64_t total, const F& fn) {
+void in_order(int64_t count, const F& fn) {
+  for (int64_t i = 0; i < count; ++i) {
+    fn(i);
+  }
+}
+
+// team_choice.cpp's kind of a call: 0-2 power sums of 2-, 4-, 8-byte elements, 3-5 scalings (a
+// call's spans have one dtype when fastclip makes it; a mixed call counts as its first span's)
+int call_kind(bool scaling, const std::vector<Span>& spans) {
+  const size_t size = spans.empty() ? 4 : c10::elementSize(spans[0].dtype);
+  return (scaling ? 3 : 0) + (size == 2 ? 0 : size == 4 ? 1 : 2);
+}
+
+// fn(piece index) for every piece: in torch's OpenMP team, pieces claimed one at a time, when the
+// call is large enough, torch has more than one thread here and team_choice.cpp picks the team
+// for this kind of call (0-2: power sums of 2-, 4-, 8-byte elements, 3-5: scalings); else on the
+// calling thread.
+template <typename F>
+void for_each_piece(int64_t count, int64_t total, int kind, const F& fn) {
 #if defined(_OPENMP)
   // at::get_num_threads() (libtorch's, which initialises this thread's count the way torch's ops
   // see it) and not at::internal::lazy_init_num_threads(): an inline function with a thread-local
   // flag of its own in this library, it would reset a count torch had already set here (the
   // single-threaded workers of fastclip/_workers.py)
   if (total >= kParallelNumel && count > 1 && !at::in_parallel_region() && at::get_num_threads() > 1) {
-    // libgomp's own end-of-region barrier: a first thread that sleep-waited for the others
-    // instead (to leave its core to a thread queued behind another process) was slower with a
-    // core busy, huge bf16 clip 19-27 ms against 15-16 ms (medians of 31 calls, seven runs each)
-    std::atomic<int64_t> next{0};
+    const fastclip::TeamPick pick = fastclip::pick_team(kind);
+    const auto start = std::chrono::steady_clock::now();
+    if (pick.team) {
+      // libgomp's own end-of-region barrier: a first thread that sleep-waited for the others
+      // instead (to leave its core to a thread queued behind another process) was slower with a
+      // core busy, huge bf16 clip 19-27 ms against 15-16 ms (medians of 31 calls, seven runs each)
+      std::atomic<int64_t> next{0};
 #pragma omp parallel
-    {
-      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < count;
-           i = next.fetch_add(1, std::memory_order_relaxed)) {
-        fn(i);
+      {
+        for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < count;
+             i = next.fetch_add(1, std::memory_order_relaxed)) {
+          fn(i);
+        }
       }
+    } else {
+      in_order(count, fn);
     }
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    fastclip::record_team(kind, pick, took.count(), total);
     return;
   }
 #endif
-  for (int64_t i = 0; i < count; ++i) {
-    fn(i);
-  }
+  in_order(count, fn);
 }
 
 // fn(span, offset, numel) for each stretch of memory a piece covers, in order.
@@ -356,7 +393,7 @@ void each_range(const Piece& piece, const std::vector<Span>& spans, const F& fn)
 double reduce_spans(const std::vector<Span>& spans, int64_t total, Kind kind, double p) {
   const std::vector<Piece> pieces = cut_into_pieces(spans, total);
   std::vector<double> partial(pieces.size(), 0.0);
-  for_each_piece(static_cast<int64_t>(pieces.size()), total, [&](int64_t i) {
+  for_each_piece(static_cast<int64_t>(pieces.size()), total, call_kind(false, spans), [&](int64_t i) {
     double sum = 0.0;
     each_range(pieces[i], spans, [&](const Span& s, int64_t offset, int64_t numel) {
       sum = combine(kind, sum, reduce_range(s, offset, numel, kind, p));
@@ -442,7 +479,7 @@ void scale_range(const Span& s, int64_t offset, int64_t numel, double coef) {
 
 void scale_spans(const std::vector<Span>& spans, int64_t total, double coef) {
   const std::vector<Piece> pieces = cut_into_pieces(spans, total);
-  for_each_piece(static_cast<int64_t>(pieces.size()), total, [&](int64_t i) {
+  for_each_piece(static_cast<int64_t>(pieces.size()), total, call_kind(true, spans), [&](int64_t i) {
     each_range(pieces[i], spans, [&](const Span& s, int64_t offset, int64_t numel) {
       scale_range(s, offset, numel, coef);
     });
