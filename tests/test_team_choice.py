@@ -52,6 +52,12 @@ def test_modes_that_are_about_as_fast_are_compared_every_8_calls(helper):
     assert set(_probe_gaps(trace, "t")) == {8}
 
 
+def test_a_team_only_slightly_faster_leaves_the_work_to_the_calling_thread(helper):
+    """The team also takes the other cores (and leaves them spinning): it must win by 10 %."""
+    assert helper.replay_team_choice([(1.0, 0.95)] * 50)[2:].count("c") >= 0.8 * 48
+    assert helper.replay_team_choice([(1.0, 0.85)] * 50)[2:].count("t") >= 0.8 * 48
+
+
 def test_an_unmeasured_call_gives_no_choice(helper):
     assert helper.replay_team_choice([]) == ""
     with pytest.raises(TypeError):

@@ -11,8 +11,9 @@
 // Which one wins depends on what else runs, and changes while a job runs, so it is measured.
 //
 // The policy, per kind of call (power sum or scaling, x element size): the first call runs in the
-// team, the second on the calling thread; after that the mode with the lower seconds-per-element
-// (an average over recent calls, weight kWeight for the newest) runs, and every
+// team, the second on the calling thread; after that the team runs where its seconds per element
+// (an average over recent calls, weight kWeight for the newest) are kTeamMargin lower, else the
+// calling thread, and every
 // ``probe_every``-th call tries the other one.  A probe that loses by more than kClearMargin
 // doubles ``probe_every`` (up to kProbeMax: on a quiet machine one call in 64 runs on one thread,
 // ~1 % of the time at 1.5x); one that wins, or comes close, resets it to kProbeMin, so a change of
@@ -43,6 +44,12 @@ struct TeamPick {
 namespace {
 
 constexpr double kWeight = 0.25;      // of the newest call in a mode's average
+// The team must be this much faster to be chosen: it also takes the other cores' time, and
+// leaves their threads spinning for milliseconds, which slows whatever runs next on the calling
+// thread.  33.6 M fp32 values, a core taken by another session's process: norm 16.4 ms on the
+// calling thread against 16.0 in the team, but the scaling after a team norm 16 ms, after one on
+// the calling thread 10.8 ms.
+constexpr double kTeamMargin = 1.1;
 constexpr double kClearMargin = 1.25;  // a probe this much slower than the best doubles probe_every
 constexpr int64_t kProbeMin = 8;
 constexpr int64_t kProbeMax = 64;
@@ -56,7 +63,7 @@ struct Choice {
   int64_t since_probe = 0;
   int64_t probe_every = kProbeMin;
 
-  bool best_is_team() const { return rate[1] <= rate[0]; }
+  bool best_is_team() const { return kTeamMargin * rate[1] < rate[0]; }
 
   fastclip::TeamPick pick() {
     if (rate[1] == 0.0) {
