@@ -34,6 +34,17 @@ def test_a_busy_process_ends_by_itself_at_its_deadline():
         busy.stop([proc])
 
 
+@pytest.mark.skipif(not hasattr(os, "getsid"), reason="sessions are a POSIX notion")
+def test_a_busy_process_runs_in_a_session_of_its_own():
+    """Like a second job started from another terminal: on Linux, autogroup scheduling then
+    shares the cores between it and the timed process's session."""
+    (proc,) = busy.start(1, seconds=30)
+    try:
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
+    finally:
+        busy.stop([proc])
+
+
 def test_no_load_starts_no_process():
     with busy.load(0, seconds=60) as procs:
         assert procs == []
