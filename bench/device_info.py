@@ -93,6 +93,10 @@ def environment(device=None) -> dict:
         import fastclip
 
         env["fastclip"] = fastclip.__version__
+        from fastclip import native
+
+        helper = native.module()
+        env["native_helper"] = "" if helper is None else "openmp" if helper.openmp() else "serial"
     except Exception as exc:
         env["fastclip"] = f"import failed: {exc}"
     if device.type == "cuda":

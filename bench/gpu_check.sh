@@ -95,6 +95,17 @@ if ! ours; then
   printf 'stage-on-pythonpath\t%s\t0\n' "$(cd /tmp && "$PY" -c 'import fastclip.kernels.norm_kernel' >/dev/null 2>&1; echo $?)" >> "$STEPS"
 fi
 
+# --- 2b. the native helper (the host cost of a call: grads and cache key read in C++), where this
+#         box has ninja and a C++ compiler; built outside OUTDIR so the archive stays small.
+#         Without it every step still runs, on the pure-Python host path.
+export FASTCLIP_NATIVE_DIR="${FASTCLIP_NATIVE_DIR:-/tmp/fastclip-native}"
+if has_module ninja || command -v ninja >/dev/null 2>&1; then
+  step native 60 "$PY" -m fastclip.native
+else
+  printf 'native	no-ninja	0
+' >> "$STEPS"; echo "== native: no ninja here, the pure-Python host path is measured"
+fi
+
 # --- 3. profiler: a clip_ call is exactly the two fastclip kernels (also compiles them once)
 step profile 75 "$PY" bench/profile_check.py --out "$OUT"
 

@@ -255,6 +255,8 @@ def header(env: dict, note: str = "") -> str:
     else:
         parts.append(f"{env.get('torch_threads', '?')} torch threads")
     parts.append(f"fastclip {env.get('git_commit', '')}{' (dirty tree)' if env.get('git_dirty') else ''}")
+    if "native_helper" in env:
+        parts.append(f"native helper: {env['native_helper'] or 'not built'}")
     if env.get("busy_processes"):
         parts.append(f"**BUSY**: {env.get('load', '')} (`bench/run.py --busy`)")
     elif "busy_processes" in env:

@@ -88,3 +88,11 @@ def test_busy_header_names_the_load():
     env = {"device": "Some CPU", "busy_processes": 1, "load": busy.describe(1)}
     assert "BUSY" in report.header(env) and "1 competing busy-loop process" in report.header(env)
     assert "quiet" in report.header(dict(env, busy_processes=0))
+
+
+def test_header_says_whether_the_native_helper_ran():
+    """CPU timings differ several-fold with and without the helper: a table must say which."""
+    env = {"device": "Some CPU"}
+    assert "native helper: openmp" in report.header(dict(env, native_helper="openmp"))
+    assert "native helper: not built" in report.header(dict(env, native_helper=""))
+    assert "native helper" not in report.header(env)  # results from before the field existed
