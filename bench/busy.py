@@ -8,12 +8,15 @@ for the thread whose core another process holds.  ``bench/run.py --busy`` (or
 Each busy process is a pure-Python spin loop that stops by itself at a deadline, so it can never
 outlive the benchmark even if the benchmark is killed; it is also terminated when the load ends.
 
-It runs in a session of its own, as a second job or a notebook started from another terminal
-does.  That matters on Linux, where autogroup scheduling shares the CPU between sessions before
-threads: the timed process's thread on the busy core then gets a third of it, not half.  The same
-load in the timed process's session (data-loader workers) is milder for every provider; on the
-2-core EPYC VM one 33.6 M-element bf16 clip took fastclip 11.1 ms and torch 17.9 ms there,
-against 19.8-21.1 ms and 24.0 ms with the load in its own session.
+Where it runs (``FASTCLIP_BENCH_BUSY_SESSION``, ``bench/run.py --busy-session``):
+
+* ``own`` (default): in a session of its own, as a second job or a notebook started from another
+  terminal does.  That matters on Linux, where autogroup scheduling shares the CPU between
+  sessions before threads: the timed process's thread on the busy core then gets a third of it,
+  not half;
+* ``shared``: in the timed process's session, as its data-loader workers are.  Milder for every
+  provider: on the 2-core EPYC VM one 33.6 M-element bf16 clip took fastclip 11.1-12.2 ms and
+  torch 17.3-17.9 ms there, against 18.8-21.1 ms and 23.8-24.0 ms with the load in its own session.
 
     with busy.load(1, seconds=600):   # one core kept busy for at most 10 minutes
         ...
@@ -29,6 +32,9 @@ import sys
 ENV = "FASTCLIP_BENCH_BUSY"
 #: set while a load started by bench/run.py is running, so the suite does not start a second one
 RUNNING_ENV = "FASTCLIP_BENCH_BUSY_RUNNING"
+#: where the busy processes run: "own" (a session of their own) or "shared" (the timed process's)
+SESSION_ENV = "FASTCLIP_BENCH_BUSY_SESSION"
+SESSIONS = ("own", "shared")
 
 _LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 
@@ -43,20 +49,31 @@ def requested() -> int:
     return int(raw)
 
 
+def session() -> str:
+    """Where busy processes run, from ``FASTCLIP_BENCH_BUSY_SESSION`` (default "own")."""
+    where = os.environ.get(SESSION_ENV, "").strip() or "own"
+    if where not in SESSIONS:
+        raise ValueError(f"{SESSION_ENV} must be one of {SESSIONS}, got {where!r}")
+    return where
+
+
 def describe(n: int) -> str:
     """The label that goes into table headers and JSON metadata."""
     if n <= 0:
         return "quiet (no competing load started by the benchmark)"
     cores = os.cpu_count() or 1
-    return (f"{n} competing busy-loop process{'es' if n > 1 else ''} of another session beside the timings "
+    where = "of another session" if session() == "own" else "in the timed process's session"
+    return (f"{n} competing busy-loop process{'es' if n > 1 else ''} {where} beside the timings "
             f"({n} of {cores} cores kept busy)")
 
 
 def start(n: int, seconds: float) -> list[subprocess.Popen]:
-    """Start ``n`` spin-loop processes that each end by themselves after ``seconds``."""
+    """Start ``n`` spin-loop processes that each end by themselves after ``seconds``, in the
+    session :func:`session` names (a new one, or this process's)."""
     code = _LOOP.format(seconds=float(seconds))
+    own = session() == "own"
     return [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(n)]
+                             stderr=subprocess.DEVNULL, start_new_session=own) for _ in range(n)]
 
 
 def stop(procs: list[subprocess.Popen]) -> None:

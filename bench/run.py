@@ -21,6 +21,8 @@ Steps, each a subprocess with its own timeout (a hang is logged, the run goes on
 of the timings, labels the results as measured under load (table header, ``env.json``,
 pytest-benchmark's ``machine_info``) and writes them to ``bench/results/<device>-busy/``; when
 quiet results of the same device are there, the table also shows each side's busy/quiet slowdown.
+The load runs in a session of its own (a second job); ``--busy-session shared`` puts it in the
+timed process's session instead (data-loader workers), results in ``<device>-busy-shared/``.
 
 ``--quick`` runs both suites with ``--benchmark-disable`` at tiny sizes, then the plain runner
 on one set, and builds a report in a temporary folder, so every part of the pipeline is
@@ -66,6 +68,9 @@ def parse_args(argv=None):
     ap.add_argument("--busy", type=int, nargs="?", const=1, default=0, metavar="N",
                     help="keep N cores busy (default 1) with competing busy-loop processes during the timings; "
                          "results go to bench/results/<device>-busy/")
+    ap.add_argument("--busy-session", choices=busy.SESSIONS, default="own",
+                    help="where the busy processes run: a session of their own, like a second job (default), or "
+                         "the timed process's, like data-loader workers (results in <device>-busy-shared/)")
     # FASTCLIP_RUN_DEADLINE (epoch seconds, set by gpu_check.sh) shortens the step timeouts to fit
     return ap.parse_args(argv)
 
@@ -76,8 +81,11 @@ def run_step(name: str, cmd: list[str], env: dict, log_path: str, timeout: float
     print(f"[run] {name}: {' '.join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd)}", flush=True)
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
+        # a process group of its own (killed as one on timeout), in this session: a --busy-session
+        # shared load started here must share the timed process's session
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", bufsize=1, start_new_session=True)
+                                text=True, errors="replace", bufsize=1,
+                                preexec_fn=os.setpgrp if hasattr(os, "setpgrp") else None)
         tail: list[str] = []
 
         def pump():
@@ -155,6 +163,7 @@ def run_steps(steps: list, args, runner: str, env: dict, out: str, deadline: flo
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
+    os.environ[busy.SESSION_ENV] = args.busy_session  # busy.start / describe read it, as the suites do
     if args.threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
@@ -175,7 +184,7 @@ def main(argv=None) -> int:
     quiet_dir = os.path.join(BENCH, "results", device_info.device_slug(device))
     out = os.path.abspath(args.out) if args.out else (
         tempfile.mkdtemp(prefix="fastclip-bench-quick-") if args.quick
-        else quiet_dir + "-busy" if args.busy else quiet_dir)
+        else quiet_dir + ("-busy" if args.busy_session == "own" else "-busy-shared") if args.busy else quiet_dir)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     import grad_sets
 

@@ -35,14 +35,33 @@ def test_a_busy_process_ends_by_itself_at_its_deadline():
 
 
 @pytest.mark.skipif(not hasattr(os, "getsid"), reason="sessions are a POSIX notion")
-def test_a_busy_process_runs_in_a_session_of_its_own():
+def test_a_busy_process_runs_in_a_session_of_its_own_by_default(monkeypatch):
     """Like a second job started from another terminal: on Linux, autogroup scheduling then
     shares the cores between it and the timed process's session."""
+    monkeypatch.delenv(busy.SESSION_ENV, raising=False)
     (proc,) = busy.start(1, seconds=30)
     try:
         assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
     finally:
         busy.stop([proc])
+    assert "of another session" in busy.describe(1)
+
+
+@pytest.mark.skipif(not hasattr(os, "getsid"), reason="sessions are a POSIX notion")
+def test_a_shared_session_load_runs_beside_the_timed_process_like_data_loader_workers(monkeypatch):
+    monkeypatch.setenv(busy.SESSION_ENV, "shared")
+    (proc,) = busy.start(1, seconds=30)
+    try:
+        assert os.getsid(proc.pid) == os.getsid(0)
+    finally:
+        busy.stop([proc])
+    assert "in the timed process's session" in busy.describe(1)
+
+
+def test_an_unknown_session_is_refused(monkeypatch):
+    monkeypatch.setenv(busy.SESSION_ENV, "elsewhere")
+    with pytest.raises(ValueError, match=busy.SESSION_ENV):
+        busy.start(1, seconds=1)
 
 
 def test_no_load_starts_no_process():
