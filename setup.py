@@ -26,7 +26,7 @@ setup(
     packages=["fastclip", "fastclip.integrations", "fastclip.kernels"],
     package_dir={"fastclip": "fastclip", "fastclip.kernels": "kernels"},
     # the optional native helper is compiled from source on the user's machine (python -m fastclip.native)
-    package_data={"fastclip": ["csrc/*.cpp"]},
+    package_data={"fastclip": ["csrc/*.cpp", "csrc/*.h"]},
     # torch is not a requirement here: an unpinned torch may pull a multi-GB CUDA build; install
     # the torch you train with first (see README).  triton is optional: without it fastclip falls
     # back to plain PyTorch.

@@ -23,9 +23,10 @@ are fixed here:
   OpenMP team, pieces claimed one at a time: the threads torch's last op left spinning do the
   work instead of competing with ours (one 33.6 M-element bf16 clip, quiet: 8.2 ms, torch
   10.9 ms; through the workers below it was 15-19 ms).  Where the calling thread alone measures
-  faster (a core taken by another process), it runs there (fastclip/csrc/team_choice.cpp).  Without OpenMP, a dtype group of up to
-  ``NATIVE_INLINE`` elements is one call on the calling thread and larger ones are items for
-  the workers, the helper called per item with the GIL released.  Anything the helper can't
+  faster (a core taken by another process), it runs there (fastclip/csrc/team_choice.cpp).
+  Without OpenMP, a dtype group of up to ``NATIVE_INLINE`` elements is one call on the calling
+  thread and larger ones are items for the workers, the helper called per item with the GIL
+  released.  Anything the helper can't
   read in place (a strided view) it declines, and the torch ops below serve it.
 
 Numbers behind the layout (2-core AMD EPYC VM, torch 2.13 CPU; one 33.6 M-element tensor, median

@@ -46,6 +46,7 @@ __all__ = ["module", "available", "build", "location"]
 
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 _SOURCES = [os.path.join(_CSRC, name) for name in ("module.cpp", "grad_key.cpp", "cpu_math.cpp", "team_choice.cpp")]
+_HEADERS = [os.path.join(_CSRC, "team_choice.h")]  # part of the build's tag, not compiled on their own
 _UNSET = object()
 _module = _UNSET
 
@@ -106,7 +107,7 @@ def _flags(openmp: bool) -> tuple[list[str], list[str]]:
 def _tag(openmp: bool) -> str:
     """What the compiled file depends on: the sources, the flags, torch's build, Python's ABI."""
     h = hashlib.sha256()
-    for source in _SOURCES:
+    for source in _SOURCES + _HEADERS:
         with open(source, "rb") as f:
             h.update(f.read())
     cflags, ldflags = _flags(openmp)
@@ -133,13 +134,17 @@ def location(openmp: bool = True) -> tuple[str, str]:
     return os.path.join(root, tag), f"fastclip_native_{tag}"
 
 
-def _load_built():
-    """The built helper (the OpenMP build first), or None if neither is built for this
-    torch/Python (or they fail their check)."""
-    if not all(os.path.exists(source) for source in _SOURCES):
+def _places() -> list:
+    """The (folder, name) of the OpenMP build and of the one without, in the order to try them
+    (one place where torch has no libgomp: both builds are the same there)."""
+    return list(dict.fromkeys([location(True), location(False)]))
+
+
+def _load_built(places: list):
+    """The first helper of ``places`` that loads and passes its check, or None."""
+    if not all(os.path.exists(source) for source in _SOURCES + _HEADERS):
         return None
-    places = [location(True), location(False)]  # the same place where torch has no libgomp
-    for place in dict.fromkeys(places):
+    for place in places:
         mod = _load_file(*place)
         if mod is not None:
             return mod
@@ -189,19 +194,21 @@ def module():
     """
     global _module
     if _module is _UNSET:
-        setting = os.environ.get("FASTCLIP_NATIVE", "auto").strip().lower()
-        _module = None if setting in ("off", "0", "false", "no") else _load_built()
-        if _module is None and setting not in ("off", "0", "false", "no"):
-            _warn_if_built_for_another_version()
+        _module = None
+        if os.environ.get("FASTCLIP_NATIVE", "auto").strip().lower() not in ("off", "0", "false", "no"):
+            places = _places()
+            _module = _load_built(places)
+            if _module is None:
+                _warn_if_built_for_another_version(places)
     return _module
 
 
-def _warn_if_built_for_another_version() -> None:
+def _warn_if_built_for_another_version(places: list) -> None:
     """A helper built for other sources, torch or Python is never loaded; say so once, since
     the Python path it leaves is several times slower on the CPU (an upgrade of fastclip or
-    torch is the usual cause)."""
-    own = {location(True)[0], location(False)[0]}
-    root = os.path.dirname(location(True)[0])
+    torch is the usual cause).  ``places``: this version's own build folders."""
+    own = {folder for folder, _ in places}
+    root = os.path.dirname(places[0][0])
     try:
         others = [entry for entry in os.scandir(root) if entry.path not in own and entry.is_dir() and any(
             name.startswith("fastclip_native_") and name.endswith((".so", ".pyd")) for name in os.listdir(entry.path))]

@@ -224,6 +224,6 @@ def test_the_loader_prefers_the_openmp_build_and_else_takes_the_other(monkeypatc
     monkeypatch.setattr(native, "_load_file", lambda folder, name: built.get((folder, name)))
 
     built[without] = "module without OpenMP"
-    assert native._load_built() == "module without OpenMP"
+    assert native._load_built(native._places()) == "module without OpenMP"
     built[with_openmp] = "module with OpenMP"
-    assert native._load_built() == "module with OpenMP"
+    assert native._load_built(native._places()) == "module with OpenMP"

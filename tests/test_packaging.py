@@ -31,3 +31,5 @@ def test_native_helper_source_is_package_data():
     data = ast.literal_eval(_setup_kwargs()["package_data"])
     sources = [f for f in os.listdir(os.path.join(ROOT, "fastclip", "csrc")) if f.endswith(".cpp")]
     assert sources and "csrc/*.cpp" in data["fastclip"]
+    headers = [f for f in os.listdir(os.path.join(ROOT, "fastclip", "csrc")) if f.endswith(".h")]
+    assert not headers or "csrc/*.h" in data["fastclip"]  # an installed helper must build from them too

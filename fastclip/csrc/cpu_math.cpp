@@ -58,6 +58,8 @@
 #include <c10/util/Half.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include "team_choice.h"
+
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -65,17 +67,6 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define FASTCLIP_AVX2 1
 #endif
-
-namespace fastclip {  // team_choice.cpp
-
-struct TeamPick {
-  bool team;
-  bool probe;
-};
-TeamPick pick_team(int kind);
-void record_team(int kind, TeamPick used, double seconds, int64_t numel);
-
-}  // namespace fastclip
 
 namespace {
 
@@ -110,6 +101,10 @@ inline float bf16_to_float(uint16_t bits) {
   return f;
 }
 
+inline float half_to_float(uint16_t bits) {
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
 // round to nearest even, as c10::BFloat16 does; NaN stays NaN (0x7FC0)
 inline uint16_t float_to_bf16(float f) {
   uint32_t u;
@@ -133,7 +128,7 @@ inline void load_block(const uint16_t* x, int64_t n, float* out, c10::ScalarType
   }
 #endif
   for (; i < n; ++i) {
-    out[i] = static_cast<float>(c10::Half(x[i], c10::Half::from_bits()));
+    out[i] = half_to_float(x[i]);
   }
 }
 
@@ -145,6 +140,16 @@ inline Acc element(Acc x, Acc p) {
     return x * x;
   } else {
     return std::pow(std::abs(x), p);
+  }
+}
+
+// One value into a lane: added, or for the max taken where larger or NaN (so a NaN sticks).
+template <Kind K, typename Acc>
+inline void accumulate(Acc& lane, Acc v) {
+  if constexpr (K == Kind::kMaxAbs) {
+    lane = (v > lane || v != v) ? v : lane;
+  } else {
+    lane += v;
   }
 }
 
@@ -173,21 +178,11 @@ double reduce_block(const Acc* x, int64_t n, Acc p) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
-      const Acc v = element<K>(x[i + l], p);
-      if constexpr (K == Kind::kMaxAbs) {
-        lanes[l] = (v > lanes[l] || v != v) ? v : lanes[l];  // NaN sticks
-      } else {
-        lanes[l] += v;
-      }
+      accumulate<K>(lanes[l], element<K>(x[i + l], p));
     }
   }
   for (; i < n; ++i) {
-    const Acc v = element<K>(x[i], p);
-    if constexpr (K == Kind::kMaxAbs) {
-      lanes[0] = (v > lanes[0] || v != v) ? v : lanes[0];
-    } else {
-      lanes[0] += v;
-    }
+    accumulate<K>(lanes[0], element<K>(x[i], p));
   }
   return fold_lanes<K>(lanes);
 }
@@ -234,14 +229,7 @@ double reduce_half_block(const uint16_t* x, int64_t n) {
     _mm256_store_ps(lanes + 8 * r, acc[r]);
   }
   for (; i < n; ++i) {  // the tail, in lane 0, as reduce_block does
-    const float a = std::abs(kBf16 ? bf16_to_float(x[i]) : static_cast<float>(c10::Half(x[i], c10::Half::from_bits())));
-    if constexpr (K == Kind::kSquareSum) {
-      lanes[0] += a * a;
-    } else if constexpr (K == Kind::kAbsSum) {
-      lanes[0] += a;
-    } else {
-      lanes[0] = (a > lanes[0] || a != a) ? a : lanes[0];
-    }
+    accumulate<K>(lanes[0], element<K>(kBf16 ? bf16_to_float(x[i]) : half_to_float(x[i]), 0.0f));
   }
   return fold_lanes<K>(lanes);
 }
@@ -343,8 +331,7 @@ int call_kind(bool scaling, const std::vector<Span>& spans) {
 
 // fn(piece index) for every piece: in torch's OpenMP team, pieces claimed one at a time, when the
 // call is large enough, torch has more than one thread here and team_choice.cpp picks the team
-// for this kind of call (0-2: power sums of 2-, 4-, 8-byte elements, 3-5: scalings); else on the
-// calling thread.
+// for this kind of call (``call_kind``); else on the calling thread.
 template <typename F>
 void for_each_piece(int64_t count, int64_t total, int kind, const F& fn) {
 #if defined(_OPENMP)
@@ -446,7 +433,8 @@ void scale_range(const Span& s, int64_t offset, int64_t numel, double coef) {
       // 4-7 | 12-15 into fp32 lanes, and packus puts them back in order (both work per 128 bits).
       const __m256 vc = _mm256_set1_ps(c);
       const __m256i zero = _mm256_setzero_si256();
-      for (; c == c && i + 16 <= numel; i += 16) {
+      const int64_t vector_end = c == c ? numel / 16 * 16 : 0;  // a NaN coefficient: the scalar loop
+      for (; i < vector_end; i += 16) {
         __m256i* at = reinterpret_cast<__m256i*>(x + i);
         const __m256i bits = _mm256_loadu_si256(at);
         const __m256i lo = bf16_times(_mm256_unpacklo_epi16(zero, bits), vc);
@@ -471,7 +459,7 @@ void scale_range(const Span& s, int64_t offset, int64_t numel, double coef) {
       }
 #endif
       for (; i < numel; ++i) {
-        x[i] = c10::Half(static_cast<float>(c10::Half(x[i], c10::Half::from_bits())) * c).x;
+        x[i] = c10::Half(half_to_float(x[i]) * c).x;
       }
     }
   }

@@ -32,14 +32,7 @@
 #include <string>
 #include <vector>
 
-namespace fastclip {
-
-struct TeamPick {
-  bool team;
-  bool probe;
-};
-
-}  // namespace fastclip
+#include "team_choice.h"
 
 namespace {
 
@@ -105,7 +98,6 @@ const char* mode_name(Mode m) {
 
 namespace fastclip {
 
-// kind: 0-2 power sums of 2-, 4-, 8-byte elements, 3-5 scalings
 TeamPick pick_team(int kind) {
   std::lock_guard<std::mutex> guard(lock);
   if (mode != Mode::kAuto) {
